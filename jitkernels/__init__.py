@@ -1,0 +1,89 @@
+"""JitKernels: load Hugging Face Hub compute kernels JIT-first.
+
+Python/Triton kernels are imported from source; native kernels with a
+``build.toml`` are compiled here on first use and cached. ``import jitkernels``
+is cheap: everything heavy (torch, huggingface_hub, cpp_extension, wrapt) is
+imported on first use.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import *  # noqa: F401,F403  (light: no third-party imports)
+from .errors import JitKernelsError
+
+__all__ = [
+    "KernelProvider",
+    "load",
+    "has",
+    "inspect",
+    "load_local",
+    "inspect_local",
+    "warmup",
+    "JitKernelsError",
+    "__version__",
+]
+
+
+def __getattr__(name: str):
+    # KernelProvider lives with the provider registry; resolve it lazily (PEP 562).
+    if name == "KernelProvider":
+        from .providers import KernelProvider
+
+        return KernelProvider
+    raise AttributeError(f"module 'jitkernels' has no attribute {name!r}")
+
+
+def load(provider, name: str, *, revision: str | None = None, version: int | None = None,
+         backend: str | None = None, trust_remote_code: bool | list[str] = False):
+    """Load kernel ``name`` of ``provider`` and return its Python module.
+
+    ``revision`` is a branch, tag or commit; ``version=N`` means the newest
+    commit of branch ``vN``; ``backend`` defaults to this machine's
+    (``cuda`` if a GPU is visible, else ``cpu``). Python kernels are imported
+    from source, native ones compiled on first use and cached.
+    """
+    from .pipeline import load_kernel
+
+    return load_kernel(provider, name, revision=revision, version=version, backend=backend,
+                       trust_remote_code=trust_remote_code)
+
+
+def has(provider, name: str, *, revision: str | None = None, version: int | None = None,
+        backend: str | None = None) -> bool:
+    """True if the kernel exists and can be loaded for the backend; never raises for "not there"."""
+    from .pipeline import has_kernel
+
+    return has_kernel(provider, name, revision=revision, version=version, backend=backend)
+
+
+def inspect(provider, name: str, *, revision: str | None = None, version: int | None = None,
+            backend: str | None = None):
+    """What JitKernels would do with the kernel (strategy, reason, extension name...), without building."""
+    from .pipeline import inspect_kernel
+
+    return inspect_kernel(provider, name, revision=revision, version=version, backend=backend)
+
+
+def load_local(path, *, backend: str | None = None, name: str | None = None):
+    """Load a kernel from a local source tree, a folder with ``build/``, or one build variant."""
+    from .pipeline import load_local_path
+
+    return load_local_path(path, backend=backend, name=name)
+
+
+def inspect_local(path, *, backend: str | None = None, name: str | None = None):
+    """Like :func:`inspect` for a local folder."""
+    from .pipeline import inspect_local_path
+
+    return inspect_local_path(path, backend=backend, name=name)
+
+
+def warmup(provider, names, *, revision: str | None = None, version: int | None = None,
+           backend: str | None = None, progress=None):
+    """Fetch and prepare (build) several kernels ahead of time; returns their inspections."""
+    from .pipeline import warmup_kernels
+
+    return warmup_kernels(provider, names, revision=revision, version=version, backend=backend,
+                          progress=progress)

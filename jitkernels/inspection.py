@@ -1,0 +1,189 @@
+"""Decide how a kernel is loaded for a backend: ``python``, ``native-jit`` or ``unsupported`` (with a reason).
+
+:func:`decide` is a pure function of a parsed ``build.toml``, the target
+backend and the local toolchain versions, so it can be checked against every
+kernel of kernels-community without a network or a compiler.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from .buildconfig import BuildConfig
+
+PYTHON = "python"
+NATIVE_JIT = "native-jit"
+UNSUPPORTED = "unsupported"
+
+MISSING_SOURCE = "missing-source"
+UNSUPPORTED_DEPENDENCY = "unsupported-dependency"
+NO_BACKEND = "no-backend"
+TOOLCHAIN = "toolchain"
+
+#: Backends JitKernels can compile native kernels for.
+BUILDABLE_BACKENDS = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    """Local versions that declared bounds are checked against (``None`` = unknown, not checked)."""
+
+    torch: str | None = None
+    cuda: str | None = None  # the CUDA toolkit (nvcc) major.minor, as kernel-builder checks
+
+
+@dataclass(frozen=True)
+class Decision:
+    strategy: str
+    reason: str | None
+    detail: str
+    kernels: tuple[str, ...] = ()
+    dependencies: tuple[str, ...] = ()
+    unsupported_dependencies: tuple[str, ...] = ()
+    stable_abi: str | None = None
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    parts = [int(p) for p in text.split(".") if p.isdigit()]
+    while len(parts) > 1 and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
+
+
+def _at_most(local: str, bound: str) -> bool:
+    """``local <= bound`` comparing as many components as the bound has (``2.9.1`` is within ``2.9``)."""
+    b = version_tuple(bound)
+    return version_tuple(local)[: max(len(b), 1)] <= b
+
+
+def decide(config: BuildConfig, backend: str, toolchain: Toolchain = Toolchain(), ignore_bounds: bool = False) -> Decision:
+    """What a careful reader of ``build.toml`` concludes for ``backend`` on this toolchain."""
+    declared = ", ".join(config.backends) or "none"
+    if config.is_noarch:
+        if backend in config.backends:
+            return Decision(PYTHON, None, f"Python-only kernel ([torch-noarch]) for {declared}.")
+        return Decision(
+            UNSUPPORTED, NO_BACKEND,
+            f"Python-only kernel declared for backends {declared}, not {backend}.",
+        )
+    if config.framework == "tvm-ffi":
+        return Decision(
+            UNSUPPORTED, UNSUPPORTED_DEPENDENCY,
+            "tvm-ffi kernels need the tvm-ffi build framework, which JitKernels does not build.",
+            dependencies=("tvm-ffi",), unsupported_dependencies=("tvm-ffi",),
+        )
+    if backend not in config.backends:
+        return Decision(UNSUPPORTED, NO_BACKEND, f"The kernel is built for {declared}, not {backend}.")
+
+    sections = config.kernels_for(backend)
+    skipped = []
+    if backend == "cuda" and toolchain.cuda:
+        kept = []
+        for k in sections:
+            if k.cuda_minver and version_tuple(toolchain.cuda) < version_tuple(k.cuda_minver):
+                skipped.append(f"{k.name} (needs CUDA >= {k.cuda_minver})")
+            else:
+                kept.append(k)
+        sections = tuple(kept)
+    if not sections:
+        extra = f"; skipped for the local CUDA {toolchain.cuda}: {', '.join(skipped)}" if skipped else ""
+        return Decision(UNSUPPORTED, NO_BACKEND, f"No [kernel.*] section has backend = \"{backend}\"{extra}.")
+
+    deps = tuple(sorted({d for k in sections for d in k.depends} | {"torch"}))
+    unsupported = tuple(sorted({d for k in sections for d in k.extra_depends}))
+    names = tuple(k.name for k in sections)
+    stable = config.stable_abi_for(backend)
+    if unsupported:
+        who = ", ".join(f"{k.name}: {'+'.join(k.extra_depends)}" for k in sections if k.extra_depends)
+        return Decision(
+            UNSUPPORTED, UNSUPPORTED_DEPENDENCY,
+            f"Needs build inputs JitKernels cannot resolve: {', '.join(unsupported)} ({who}). "
+            f"Only kernels that depend on torch alone are compiled.",
+            names, deps, unsupported, stable,
+        )
+    if backend not in BUILDABLE_BACKENDS:
+        return Decision(
+            UNSUPPORTED, TOOLCHAIN,
+            f"JitKernels compiles native kernels for {', '.join(BUILDABLE_BACKENDS)} only, not {backend}.",
+            names, deps, (), stable,
+        )
+    problems = [] if ignore_bounds else _bound_problems(config, backend, toolchain, stable)
+    if problems:
+        return Decision(
+            UNSUPPORTED, TOOLCHAIN,
+            "; ".join(problems) + ". Set JITKERNELS_IGNORE_TOOLCHAIN_BOUNDS=1 to try anyway.",
+            names, deps, (), stable,
+        )
+    note = f" (skipped for the local CUDA {toolchain.cuda}: {', '.join(skipped)})" if skipped else ""
+    return Decision(
+        NATIVE_JIT, None,
+        f"Native {backend} kernel from source: {', '.join(names)}, depends only on torch{note}.",
+        names, deps, (), stable,
+    )
+
+
+def _bound_problems(config: BuildConfig, backend: str, toolchain: Toolchain, stable: str | None) -> list[str]:
+    problems = []
+    if backend == "cuda" and toolchain.cuda:
+        if config.cuda_minver and version_tuple(toolchain.cuda) < version_tuple(config.cuda_minver):
+            problems.append(f"[general.cuda] minver = {config.cuda_minver} but the local CUDA toolkit is {toolchain.cuda}")
+        if config.cuda_maxver and not _at_most(toolchain.cuda, config.cuda_maxver):
+            problems.append(f"[general.cuda] maxver = {config.cuda_maxver} but the local CUDA toolkit is {toolchain.cuda}")
+    if toolchain.torch and config.torch is not None:
+        if config.torch.minver and version_tuple(toolchain.torch) < version_tuple(config.torch.minver):
+            problems.append(f"[torch] minver = {config.torch.minver} but the local torch is {toolchain.torch}")
+        if config.torch.maxver and not _at_most(toolchain.torch, config.torch.maxver):
+            problems.append(f"[torch] maxver = {config.torch.maxver} but the local torch is {toolchain.torch}")
+        if stable and version_tuple(toolchain.torch)[:2] < version_tuple(stable)[:2]:
+            problems.append(f"[torch.stable-abi] targets torch {stable} but the local torch is {toolchain.torch}")
+    return problems
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What JitKernels plans to do with one kernel for one backend. ``to_json()`` is the CLI's ``--json``."""
+
+    provider: str
+    name: str
+    repo_id: str
+    revision: str | None
+    requested_revision: str | None
+    backend: str
+    strategy: str
+    reason: str | None
+    detail: str
+    source: str | None = None
+    source_location: str | None = None
+    python_name: str | None = None
+    module_name: str | None = None
+    expected_extension_name: str | None = None
+    dependencies: tuple[str, ...] = ()
+    unsupported_dependencies: tuple[str, ...] = ()
+    python_depends: tuple[str, ...] = ()
+    kernels: tuple[str, ...] = ()
+    stable_abi: str | None = None
+    edition: int | None = None
+    digest: str | None = None
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def supported(self) -> bool:
+        return self.strategy != UNSUPPORTED
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.pop("extra", None)
+        for key, value in data.items():
+            if isinstance(value, tuple):
+                data[key] = list(value)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Inspection":
+        names = {f for f in cls.__dataclass_fields__}
+        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names}
+        return cls(**kwargs)

@@ -1,0 +1,285 @@
+"""The one pipeline every entry point uses: name -> snapshot -> inspection -> prepared entry -> module.
+
+``load``, the ``jitkernels.hub`` import hook, the patched ``kernels`` functions
+and the CLI all call :func:`load_kernel` / :func:`inspect_kernel`.
+
+The warm path (a pinned commit already prepared for this environment) reads
+one small index file and imports the cached package: no huggingface_hub, no
+network, no compiler.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+
+from . import cache, config, environment
+from .buildconfig import BACKENDS
+from .errors import (
+    FetchError,
+    InvalidKernelNameError,
+    KernelNotFoundError,
+    MissingPythonDependencyError,
+    OfflineError,
+    RevisionNotFoundError,
+    UnsupportedKernelError,
+)
+from .importer import import_package
+from .inspection import NATIVE_JIT, PYTHON, UNSUPPORTED, Inspection, Toolchain
+from .log import warning_once
+from .providers import KernelProvider, get_provider
+from .providers.base import KernelRef, Snapshot, is_commit
+from .sources import LocalSnapshot, local_override
+
+_LOADED: dict[tuple, ModuleType] = {}
+_LOCK = threading.RLock()
+
+#: ``python-depends`` names (as in build.toml) -> (import name, pip name).
+PYTHON_DEPENDS = {
+    "einops": ("einops", "einops"),
+    "tvm-ffi": ("tvm_ffi", "apache-tvm-ffi"),
+    "nvidia-cutlass-dsl": ("cutlass", "nvidia-cutlass-dsl"),
+    "helion": ("helion", "helion"),
+    "onednn": ("onednn", "onednn"),
+    "nki": ("neuronxcc", "neuronx-cc"),
+}
+
+
+def revision_for(revision: str | None, version: int | None) -> str | None:
+    """``version=N`` is the branch ``vN`` (upstream's convention); both at once is an error."""
+    if revision is not None and version is not None:
+        raise InvalidKernelNameError(f"Pass revision= or version=, not both (got revision={revision!r}, version={version!r}).")
+    if version is not None:
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise InvalidKernelNameError(f"version must be a non-negative integer (the vN branch), got {version!r}.")
+        return f"v{version}"
+    if revision is not None:
+        if not isinstance(revision, str) or not revision.strip() or "\x00" in revision or ".." in revision:
+            raise InvalidKernelNameError(f"Invalid revision {revision!r}: use a branch, tag or commit hash.")
+        return revision.strip()
+    return None
+
+
+def _backend(backend: str | None) -> str:
+    if backend is None:
+        return environment.local_backend()
+    if backend not in BACKENDS:
+        raise InvalidKernelNameError(f"Unknown backend {backend!r}; use one of {', '.join(BACKENDS)}.")
+    return backend
+
+
+def _toolchain(backend: str) -> Toolchain:
+    return Toolchain(
+        torch=environment.torch_version(),
+        cuda=environment.nvcc_version() if backend == "cuda" else None,
+    )
+
+
+# -- resolution ---------------------------------------------------------------
+
+def _resolve(provider, ref: KernelRef, revision: str | None, trust_remote_code) -> Snapshot:
+    offline = config.hf_offline()
+    try:
+        return provider.resolve(ref, revision, offline=offline, trust_remote_code=trust_remote_code)
+    except RevisionNotFoundError:
+        raise
+    except KernelNotFoundError:
+        for candidate in provider.candidates(ref):
+            try:
+                return provider.resolve(candidate, revision, offline=offline, trust_remote_code=trust_remote_code)
+            except KernelNotFoundError:
+                continue
+        raise
+
+
+def _index_record(provider: str, repo_id: str, commit: str, backend: str) -> dict | None:
+    return cache.read_json(cache.index_file(provider, repo_id, commit, backend, environment.env_key(backend)))
+
+
+def _import_entry(record: dict) -> ModuleType | None:
+    entry = cache.root() / record["entry"]
+    if not (entry / "manifest.json").is_file():
+        return None
+    return import_package(record["module"], entry / record["python_name"], what=record.get("repo_id", record["module"]))
+
+
+def _warm(provider: str, repo_id: str, commit: str, backend: str) -> ModuleType | None:
+    key = (provider, repo_id, commit, backend)
+    module = _LOADED.get(key)
+    if module is not None:
+        return module
+    record = _index_record(provider, repo_id, commit, backend)
+    if record is None:
+        return None
+    module = _import_entry(record)
+    if module is not None:
+        _LOADED[key] = module
+    return module
+
+
+def _write_index(provider: str, repo_ids: set[str], commit: str, backend: str, inspection: Inspection, entry: Path) -> None:
+    record = {
+        "module": inspection.module_name,
+        "python_name": inspection.python_name,
+        "entry": str(entry.relative_to(cache.root())),
+        "repo_id": inspection.repo_id,
+        "strategy": inspection.strategy,
+    }
+    for repo_id in repo_ids:
+        cache.write_json(cache.index_file(provider, repo_id, commit, backend, environment.env_key(backend)), record)
+
+
+# -- the pipeline --------------------------------------------------------------
+
+def _snapshot_for(provider, ref: KernelRef, revision: str | None, trust_remote_code) -> Snapshot:
+    local = local_override(ref)
+    if local is not None:
+        return local
+    return _resolve(provider, ref, revision, trust_remote_code)
+
+
+def _plan(snapshot: Snapshot, name: str, backend: str):
+    from .planning import plan
+
+    return plan(snapshot, name, backend, _toolchain(backend), ignore_bounds=config.ignore_toolchain_bounds())
+
+
+def inspect_kernel(provider, name: str, *, revision=None, version=None, backend=None) -> Inspection:
+    """Decide what would happen, fetching only small source files (never a binary, never a build)."""
+    prov = get_provider(provider)
+    ref = prov.parse_name(name)
+    rev = revision_for(revision, version)
+    backend = _backend(backend)
+    snapshot = _snapshot_for(prov, ref, rev, trust_remote_code=True)
+    inspection, source_plan = _plan(snapshot, name, backend)
+    if source_plan is not None:
+        inspection = _complete(inspection, source_plan)
+    return inspection
+
+
+def _complete(inspection: Inspection, source_plan) -> Inspection:
+    """Fill in the digest-derived names (module, extension) by hashing the planned inputs."""
+    from dataclasses import replace
+
+    from .planning import digest_files
+    from .prepare import fetch_inputs, module_name_for
+
+    root, files = fetch_inputs(source_plan)
+    digest = digest_files(root, files)
+    name = module_name_for(inspection.python_name, inspection.backend, digest)
+    return replace(
+        inspection,
+        digest=digest,
+        module_name=name,
+        expected_extension_name=name if inspection.strategy == NATIVE_JIT else None,
+    )
+
+
+def load_snapshot(snapshot: Snapshot, name: str, backend: str, index_ids: set[str] = frozenset()) -> ModuleType:
+    """Plan, prepare (or build) and import a kernel from a resolved snapshot."""
+    inspection, source_plan = _plan(snapshot, name, backend)
+    if inspection.strategy == UNSUPPORTED or source_plan is None:
+        raise UnsupportedKernelError(
+            f"Cannot load kernel {inspection.repo_id} for {backend} ({inspection.reason}): {inspection.detail}",
+            inspection,
+        )
+    _check_python_depends(inspection)
+    if inspection.strategy == PYTHON:
+        from .prepare import prepare_python
+
+        inspection, entry = prepare_python(inspection, source_plan)
+    else:
+        from .native.builder import build_native
+
+        inspection, entry = build_native(inspection, source_plan)
+    if not isinstance(snapshot, LocalSnapshot):  # local folders change under us: never indexed
+        _write_index(inspection.provider, set(index_ids) | {snapshot.ref.repo_id, inspection.repo_id},
+                     inspection.revision or snapshot.commit, backend, inspection, entry)
+    return import_package(inspection.module_name, entry / inspection.python_name, what=inspection.repo_id)
+
+
+def load_kernel(provider, name: str, *, revision=None, version=None, backend=None, trust_remote_code=False) -> ModuleType:
+    prov = get_provider(provider)
+    ref = prov.parse_name(name)
+    rev = revision_for(revision, version)
+    backend = _backend(backend)
+    with _LOCK:
+        local = local_override(ref)
+        if local is None and is_commit(rev):
+            module = _warm(prov.name, ref.repo_id, rev, backend)
+            if module is not None:
+                return module
+        if local is not None:
+            return load_snapshot(local, name, backend)
+        try:
+            snapshot = _resolve(prov, ref, rev, trust_remote_code)
+        except FetchError as exc:
+            module = _fallback_last_resolved(prov, ref, rev, backend, exc)
+            if module is not None:
+                return module
+            raise
+        module = _warm(prov.name, ref.repo_id, snapshot.commit, backend)
+        if module is not None:
+            return module
+        module = load_snapshot(snapshot, name, backend, index_ids={ref.repo_id})
+        _LOADED[(prov.name, ref.repo_id, snapshot.commit, backend)] = module
+        return module
+
+
+def _fallback_last_resolved(prov, ref: KernelRef, rev: str | None, backend: str, exc: Exception):
+    """Network down for an unpinned revision: load the commit it resolved to last time, and say so once."""
+    commit = rev if is_commit(rev) else prov.last_resolved(ref, rev)
+    if commit is None:
+        return None
+    module = _warm(prov.name, ref.repo_id, commit, backend)
+    if module is not None and not is_commit(rev):
+        warning_once(
+            f"Could not reach the provider to resolve {ref.repo_id}@{rev or 'default'} ({exc.__class__.__name__}); "
+            f"loaded {commit[:12]}, the commit it resolved to last time."
+        )
+    return module
+
+
+def has_kernel(provider, name: str, *, revision=None, version=None, backend=None) -> bool:
+    """True if the kernel exists and JitKernels can load it for the backend; False for "not there"."""
+    try:
+        return inspect_kernel(provider, name, revision=revision, version=version, backend=backend).supported
+    except (KernelNotFoundError, OfflineError):
+        return False
+
+
+def load_local_path(path, *, backend=None, name: str | None = None) -> ModuleType:
+    """Load a kernel from a local source tree, repo folder with ``build/``, or one build variant folder."""
+    folder = Path(path).expanduser().resolve()
+    if not folder.is_dir():
+        raise InvalidKernelNameError(f"load_local: {folder} is not a folder.")
+    short = (name or folder.name).replace("_", "-")
+    ref = KernelRef(KernelProvider.HF_KERNELS.value, f"local/{short}")
+    snapshot = LocalSnapshot(ref, folder)
+    return load_snapshot(snapshot, name or folder.name, _backend(backend))
+
+
+def inspect_local_path(path, *, backend=None, name: str | None = None) -> Inspection:
+    folder = Path(path).expanduser().resolve()
+    if not folder.is_dir():
+        raise InvalidKernelNameError(f"inspect_local: {folder} is not a folder.")
+    ref = KernelRef(KernelProvider.HF_KERNELS.value, f"local/{(name or folder.name).replace('_', '-')}")
+    backend = _backend(backend)
+    inspection, source_plan = _plan(LocalSnapshot(ref, folder), name or folder.name, backend)
+    return _complete(inspection, source_plan) if source_plan is not None else inspection
+
+
+def _check_python_depends(inspection: Inspection) -> None:
+    missing = []
+    for dep in inspection.python_depends:
+        module, pip_name = PYTHON_DEPENDS.get(dep, (dep.replace("-", "_"), dep))
+        if module not in sys.modules and importlib.util.find_spec(module) is None:
+            missing.append(pip_name)
+    if missing:
+        raise MissingPythonDependencyError(
+            f"Kernel {inspection.repo_id} needs Python packages that are not installed: {', '.join(missing)}. "
+            f"Install them with: pip install {' '.join(missing)}"
+        )

@@ -1,0 +1,302 @@
+"""From a snapshot's file list to an :class:`Inspection` and a :class:`SourcePlan` (what to fetch, from where).
+
+Where the source comes from, in order:
+
+1. a source tree (``build.toml`` at the root of the revision, the older Hub
+   layout, or of a local folder);
+2. for Python kernels, a noarch build payload ``build/torch-<backend>`` or
+   ``build/torch-universal``;
+3. for native kernels, the source a build variant's ``metadata.json`` names
+   (``source`` git URL at ``provenance.kernel.commit``), fetched with git;
+4. else ``unsupported`` / ``missing-source``.
+
+Only small files are fetched here (``build.toml``, one ``metadata.json``, and
+the sources or Python package the strategy needs); never a binary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from . import inspection as insp
+from .buildconfig import BuildConfig, parse_build_toml
+from .errors import BuildConfigError
+from .metadata import noarch_variant_backend, parse_metadata, variant_backend
+from .providers.base import Snapshot
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    """Which files of which snapshot make the kernel, and where its Python package is."""
+
+    snapshot: Snapshot
+    root: str  # prefix inside the snapshot of the kernel tree or payload ("" = the root)
+    patterns: tuple[str, ...]
+    package: str  # the Python package folder, inside the snapshot
+    config: BuildConfig | None
+    kind: str  # "source-tree" | "noarch-payload" | "git"
+
+    def rel(self, path: str) -> str:
+        return f"{self.root}/{path}" if self.root else path
+
+
+def _prefix(root: str, path: str) -> str:
+    return f"{root}/{path}" if root else path
+
+
+def _variants(files: frozenset[str], prefix: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for f in files:
+        if prefix and not f.startswith(prefix):
+            continue
+        rest = f[len(prefix):].split("/")
+        if len(rest) >= 2:
+            found.setdefault(rest[0], []).append(f)
+    return {v: fs for v, fs in found.items() if variant_backend(v) is not None}
+
+
+def _base(snapshot: Snapshot, asked: str, backend: str, toolchain: insp.Toolchain):
+    return dict(
+        provider=snapshot.ref.provider,
+        name=asked,
+        repo_id=snapshot.ref.repo_id,
+        revision=snapshot.commit,
+        requested_revision=snapshot.requested,
+        backend=backend,
+        python_name=snapshot.ref.python_name,
+    )
+
+
+def plan(snapshot: Snapshot, asked: str, backend: str, toolchain: insp.Toolchain, ignore_bounds: bool = False):
+    """Decide the strategy for ``backend``; returns ``(Inspection, SourcePlan | None)``."""
+    base = _base(snapshot, asked, backend, toolchain)
+    files = snapshot.files
+    local_kind = getattr(snapshot, "kind", None)
+
+    # 1. a source tree
+    root = _source_root(snapshot)
+    if root is not None:
+        return _plan_source_tree(snapshot, root, base, backend, toolchain, ignore_bounds,
+                                 kind="git" if local_kind == "git" else "source-tree")
+
+    # 2./3. build variants: under build/, or (local folders) the folder is build/ itself
+    variants = _variants(files, "build/") or (_variants(files, "") if snapshot.is_local else {})
+    prefix = "build/" if any(f.startswith("build/") for f in files) else ""
+    if snapshot.is_local and "metadata.json" in files and "__init__.py" in files:
+        variants = {"": sorted(files)}  # the folder is one build variant
+        prefix = ""
+    if not variants:
+        return _unsupported(base, insp.MISSING_SOURCE,
+                            f"{snapshot.location} has no build.toml and no build/ variants: nothing to load."), None
+
+    noarch_order = [f"torch-{backend}", "torch-universal"]
+    if "" in variants and noarch_variant_backend("torch-universal"):
+        noarch_order.append("")
+    for variant in noarch_order:
+        if variant in variants and (variant or _is_python_only(variants[variant])):
+            return _plan_payload(snapshot, prefix, variant, base, backend)
+
+    arch = {v: fs for v, fs in variants.items() if v and noarch_variant_backend(v) is None}
+    if not arch:
+        have = ", ".join(sorted(v for v in variants if v)) or "none"
+        return _unsupported(base, insp.NO_BACKEND,
+                            f"Only Python payloads for other backends ({have}); none for {backend}."), None
+    return _plan_from_metadata(snapshot, prefix, arch, base, asked, backend, toolchain, ignore_bounds)
+
+
+def _is_python_only(files: list[str]) -> bool:
+    return not any(re.search(r"\.(so|dylib|dll|pyd)$", f) for f in files)
+
+
+def _source_root(snapshot: Snapshot) -> str | None:
+    if "build.toml" in snapshot.files:
+        return ""
+    return None
+
+
+def _unsupported(base: dict, reason: str, detail: str, **extra) -> insp.Inspection:
+    return insp.Inspection(**base, strategy=insp.UNSUPPORTED, reason=reason, detail=detail, **extra)
+
+
+def _read_build_toml(snapshot: Snapshot, root: str) -> BuildConfig:
+    path = _prefix(root, "build.toml")
+    local = snapshot.fetch_one(path)
+    try:
+        data = local.read_bytes()
+    except OSError as exc:
+        raise BuildConfigError(f"{snapshot.location}: cannot read {path}: {exc}") from exc
+    return parse_build_toml(data, origin=f"{snapshot.location}/{path}")
+
+
+def _plan_source_tree(snapshot, root, base, backend, toolchain, ignore_bounds, kind):
+    config = _read_build_toml(snapshot, root)
+    decision = insp.decide(config, backend, toolchain, ignore_bounds)
+    base = dict(base, python_name=config.python_name)
+    package = _prefix(root, f"torch-ext/{config.python_name}")
+    extra = dict(
+        source=kind,
+        source_location=f"{snapshot.location}" + (f" ({root})" if root else ""),
+        dependencies=decision.dependencies,
+        unsupported_dependencies=decision.unsupported_dependencies,
+        python_depends=config.python_depends_for(backend),
+        kernels=decision.kernels,
+        stable_abi=decision.stable_abi,
+        edition=config.edition,
+    )
+    inspection = insp.Inspection(**base, strategy=decision.strategy, reason=decision.reason,
+                                 detail=decision.detail, **extra)
+    if decision.strategy == insp.UNSUPPORTED:
+        return inspection, None
+    if f"{package}/__init__.py" not in snapshot.files:
+        raise BuildConfigError(
+            f"{snapshot.location}: build.toml names kernel {config.name!r} but {package}/__init__.py "
+            f"is missing; a kernel's Python package lives in torch-ext/<name with _>/."
+        )
+    patterns = [_prefix(root, "build.toml"), f"{package}/**"]
+    if decision.strategy == insp.NATIVE_JIT:
+        patterns += _native_patterns(config, backend, root, decision.kernels)
+        missing = _missing_inputs(snapshot, config, backend, root, decision.kernels)
+        if missing:
+            raise BuildConfigError(
+                f"{snapshot.location}: build.toml lists files that are not in the kernel: "
+                f"{', '.join(missing[:8])}. The source tree is incomplete."
+            )
+    source_plan = SourcePlan(snapshot, root, tuple(dict.fromkeys(patterns)), package, config, kind)
+    return inspection, source_plan
+
+
+def _native_inputs(config: BuildConfig, backend: str, kernels: tuple[str, ...]):
+    sections = [k for k in config.kernels_for(backend) if k.name in kernels]
+    srcs = list(config.torch.src if config.torch else ())
+    includes = list(config.torch.include if config.torch else ())
+    for k in sections:
+        srcs += k.src
+        includes += k.include
+    return srcs, includes
+
+
+def _native_patterns(config, backend, root, kernels) -> list[str]:
+    """Sources, their folders (for headers they include but do not list) and include dirs."""
+    srcs, includes = _native_inputs(config, backend, kernels)
+    patterns = []
+    for src in srcs:
+        patterns.append(_prefix(root, src))
+        folder = src.rsplit("/", 1)[0] if "/" in src else ""
+        if folder:
+            patterns.append(_prefix(root, folder) + "/**")
+    for inc in includes:
+        if inc not in (".", ""):
+            patterns.append(_prefix(root, inc) + "/**")
+    return patterns
+
+
+def _missing_inputs(snapshot, config, backend, root, kernels) -> list[str]:
+    srcs, includes = _native_inputs(config, backend, kernels)
+    missing = [s for s in srcs if _prefix(root, s) not in snapshot.files]
+    for inc in includes:
+        if inc in (".", ""):
+            continue
+        prefix = _prefix(root, inc) + "/"
+        if not any(f.startswith(prefix) for f in snapshot.files):
+            missing.append(inc + "/")
+    return missing
+
+
+def _plan_payload(snapshot, prefix, variant, base, backend):
+    vroot = f"{prefix}{variant}".rstrip("/")
+    files = snapshot.files
+    init_here = f"{vroot}/__init__.py" if vroot else "__init__.py"
+    python_name = base["python_name"]
+    if init_here in files:
+        package = vroot
+    else:
+        candidates = sorted(
+            f.split("/")[-2] for f in files
+            if f.startswith(f"{vroot}/" if vroot else "") and f.endswith("/__init__.py")
+            and f.count("/") == (vroot.count("/") + 2 if vroot else 1)
+        )
+        name = python_name if python_name in candidates else (candidates[0] if candidates else None)
+        if name is None:
+            raise BuildConfigError(f"{snapshot.location}: build variant {vroot} has no Python package (__init__.py).")
+        python_name = name
+        package = f"{vroot}/{name}" if vroot else name
+    python_depends = ()
+    meta_path = f"{vroot}/metadata.json" if vroot else "metadata.json"
+    inspection = insp.Inspection(
+        **dict(base, python_name=python_name),
+        strategy=insp.PYTHON, reason=None,
+        detail=f"Python payload {vroot or snapshot.location} (no compiled code).",
+        source="noarch-payload", source_location=f"{snapshot.location}/{vroot}" if vroot else snapshot.location,
+        python_depends=python_depends,
+    )
+    patterns = (f"{vroot}/**",) if vroot else ("**",)
+    plan_ = SourcePlan(snapshot, vroot, patterns, package, None, "noarch-payload")
+    if meta_path in files:
+        plan_ = replace(plan_, patterns=patterns)
+    return inspection, plan_
+
+
+def _plan_from_metadata(snapshot, prefix, arch, base, asked, backend, toolchain, ignore_bounds):
+    from .sources import fetch_git_commit
+
+    ours = sorted(v for v in arch if variant_backend(v) == backend)
+    ordered = ours + sorted(v for v in arch if v not in ours)
+    meta = None
+    meta_variant = None
+    for variant in ordered:
+        path = f"{prefix}{variant}/metadata.json"
+        if path in snapshot.files:
+            meta_variant = variant
+            meta = parse_metadata(snapshot.fetch_one(path).read_bytes(), origin=f"{snapshot.location}/{path}")
+            break
+    have = ", ".join(sorted(arch))
+    if meta is None or not meta.source or not meta.source_commit:
+        what = "no metadata.json" if meta is None else (
+            "no 'source' git URL" if not meta.source else "no provenance.kernel commit")
+        return _unsupported(
+            base, insp.MISSING_SOURCE,
+            f"Binary-only kernel (build variants: {have}) and {what} in "
+            f"{'its variants' if meta is None else meta_variant + '/metadata.json'}, so JitKernels cannot find "
+            f"the source to compile. It never loads a prebuilt binary; ask the publisher to add 'source' and "
+            f"provenance to metadata.json, or point LOCAL_KERNELS at a source tree.",
+        ), None
+    git_snapshot = fetch_git_commit(snapshot.ref, meta.source, meta.source_commit)
+    root = _find_kernel_root(git_snapshot, snapshot.ref.short_name, meta.name)
+    if root is None:
+        return _unsupported(
+            base, insp.MISSING_SOURCE,
+            f"The source named by metadata.json ({meta.source} at {meta.source_commit[:12]}) has no build.toml "
+            f"for kernel {meta.name or snapshot.ref.short_name}.",
+        ), None
+    inspection, source_plan = _plan_source_tree(git_snapshot, root, base, backend, toolchain, ignore_bounds, kind="git")
+    inspection = replace(
+        inspection,
+        revision=snapshot.commit,
+        source_location=f"{meta.source}@{meta.source_commit}" + (f" ({root})" if root else ""),
+    )
+    return inspection, source_plan
+
+
+def _find_kernel_root(snapshot: Snapshot, short_name: str, meta_name: str | None) -> str | None:
+    if "build.toml" in snapshot.files:
+        return ""
+    candidates = sorted(f[: -len("/build.toml")] for f in snapshot.files if f.endswith("/build.toml") and f.count("/") == 1)
+    for wanted in (meta_name, short_name):
+        if wanted and wanted in candidates:
+            return wanted
+    return None
+
+
+def digest_files(root: Path, files: list[str]) -> str:
+    """sha256 over sorted (path, sha256(content)): the identity of a kernel's inputs."""
+    outer = hashlib.sha256()
+    for rel in sorted(files):
+        inner = hashlib.sha256()
+        with open(root / rel, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                inner.update(chunk)
+        outer.update(rel.encode() + b"\0" + inner.digest())
+    return outer.hexdigest()

@@ -1,0 +1,246 @@
+"""The Hugging Face Hub provider (``hf_kernels``): kernel repos of the Hub's ``kernel`` type, or older ``model`` type.
+
+Name mapping (documented in the README):
+
+* ``"triton-layer-norm"`` means ``kernels-community/triton-layer-norm``
+  (the organisation is ``JITKERNELS_HF_ORG``, default ``kernels-community``);
+* ``"cv_utils"`` means ``kernels-community/cv-utils``: in bare names
+  underscores become hyphens, as kernel-builder names never contain ``_``;
+* ``"org/name"`` is used as given; if it is not found and contains ``_``,
+  the hyphenated spelling is tried.
+
+Everything goes through huggingface_hub (its cache, token, ``HF_ENDPOINT``,
+``HF_HUB_OFFLINE``), imported only when the Hub is really needed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .. import cache, config
+from ..errors import (
+    FetchError,
+    InvalidKernelNameError,
+    KernelNotFoundError,
+    OfflineError,
+    RevisionNotFoundError,
+)
+from .base import KernelRef, Provider, Snapshot, is_commit
+
+_PART_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
+_REPO_TYPES = ("kernel", "model")
+_VERSION_BRANCH_RE = re.compile(r"^v(\d+)$")
+
+
+def _check_part(part: str, name: str) -> str:
+    if not _PART_RE.match(part) or ".." in part:
+        raise InvalidKernelNameError(
+            f"Invalid kernel name {name!r}: {part!r} must be letters, digits, '-', '_' or '.', "
+            f"starting and ending with a letter or digit (e.g. 'activation' or 'kernels-community/activation')."
+        )
+    return part
+
+
+class HfSnapshot(Snapshot):
+    def __init__(self, ref: KernelRef, repo_type: str, commit: str, requested: str | None, files, offline: bool):
+        self.ref = ref
+        self.repo_type = repo_type
+        self.commit = commit
+        self.requested = requested
+        self.files = frozenset(files)
+        self.offline = offline
+
+    @property
+    def location(self) -> str:
+        prefix = "kernels/" if self.repo_type == "kernel" else ""
+        return f"hf://{prefix}{self.ref.repo_id}@{self.commit}"
+
+    def fetch(self, patterns: list[str]) -> Path:
+        import huggingface_hub
+        from huggingface_hub import errors as hf_errors
+
+        try:
+            folder = huggingface_hub.snapshot_download(
+                self.ref.repo_id,
+                repo_type=self.repo_type,
+                revision=self.commit,
+                allow_patterns=patterns,
+                local_files_only=self.offline,
+                etag_timeout=config.network_timeout(),
+            )
+        except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled) as exc:
+            raise OfflineError(
+                f"Offline: files {patterns} of {self.location} are not in the Hugging Face cache. "
+                f"Load the kernel once with network access (or `jitkernels warmup`), then retry."
+            ) from exc
+        except Exception as exc:  # network, server, disk
+            raise FetchError(f"Downloading {patterns} from {self.location} failed: {exc}") from exc
+        root = Path(folder)
+        missing = [f for f in self.match(patterns) if not (root / f).exists()]
+        if missing:
+            raise FetchError(f"Downloading from {self.location}: {missing[:5]} did not arrive. Retry the load.")
+        return root
+
+
+class HfKernelsProvider(Provider):
+    name = "hf_kernels"
+
+    # -- names ---------------------------------------------------------------
+    def parse_name(self, name: str) -> KernelRef:
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidKernelNameError(f"A kernel name must be a non-empty string, got {name!r}.")
+        name = name.strip()
+        parts = name.split("/")
+        if len(parts) == 1:
+            _check_part(parts[0], name)
+            return KernelRef(self.name, f"{config.hf_default_org()}/{parts[0].replace('_', '-')}")
+        if len(parts) == 2:
+            _check_part(parts[0], name)
+            _check_part(parts[1], name)
+            return KernelRef(self.name, name)
+        raise InvalidKernelNameError(
+            f"Invalid kernel name {name!r}: use a bare name ('activation') or 'org/name'."
+        )
+
+    def candidates(self, ref: KernelRef) -> list[KernelRef]:
+        org, short = ref.repo_id.split("/", 1)
+        if "_" in short:
+            return [KernelRef(self.name, f"{org}/{short.replace('_', '-')}")]
+        return []
+
+    # -- revisions -------------------------------------------------------------
+    def last_resolved(self, ref: KernelRef, revision: str | None) -> str | None:
+        record = cache.read_json(cache.refs_file(self.name, ref.repo_id, revision or "<default>"))
+        commit = record.get("commit") if record else None
+        return commit if is_commit(commit) else None
+
+    def _remember(self, ref: KernelRef, revision: str | None, commit: str, repo_type: str) -> None:
+        try:
+            cache.write_json(
+                cache.refs_file(self.name, ref.repo_id, revision or "<default>"),
+                {"commit": commit, "repo_type": repo_type, "repo_id": ref.repo_id, "revision": revision},
+            )
+        except OSError:
+            pass  # only an offline fallback; never fail a load for it
+
+    def resolve(self, ref, revision, *, offline, trust_remote_code=False) -> HfSnapshot:
+        if offline:
+            return self._resolve_offline(ref, revision)
+        return self._resolve_online(ref, revision)
+
+    def _api(self):
+        from huggingface_hub import HfApi
+
+        return HfApi(library_name="jitkernels", library_version=_version())
+
+    def _resolve_online(self, ref: KernelRef, revision: str | None) -> HfSnapshot:
+        from huggingface_hub import errors as hf_errors
+
+        api = self._api()
+        timeout = config.network_timeout()
+        last_error: Exception | None = None
+        for repo_type in self._repo_type_order(ref):
+            try:
+                rev = revision if revision is not None else self._default_revision(api, ref, repo_type)
+                info = api.repo_info(ref.repo_id, repo_type=repo_type, revision=rev, timeout=timeout)
+                commit = info.sha
+                files = [
+                    item.path
+                    for item in api.list_repo_tree(
+                        ref.repo_id, repo_type=repo_type, revision=commit, recursive=True
+                    )
+                    if type(item).__name__ == "RepoFile"
+                ]
+            except hf_errors.RevisionNotFoundError as exc:
+                raise RevisionNotFoundError(
+                    f"Kernel {ref.repo_id} has no revision {revision!r}. "
+                    f"Available versions: {self._versions_text(api, ref, repo_type)}."
+                ) from exc
+            except hf_errors.RepositoryNotFoundError as exc:  # also gated/private
+                last_error = exc
+                continue
+            except hf_errors.OfflineModeIsEnabled as exc:
+                return self._resolve_offline(ref, revision)
+            except Exception as exc:
+                raise FetchError(
+                    f"Could not reach the Hub for {ref.repo_id} (revision {revision or 'default'}): {exc}. "
+                    f"Check HF_ENDPOINT and the network, or set HF_HUB_OFFLINE=1 to use the cache."
+                ) from exc
+            if not is_commit(commit):
+                raise FetchError(f"The Hub answered no commit for {ref.repo_id}@{rev}.")
+            self._remember(ref, revision, commit, repo_type)
+            return HfSnapshot(ref, repo_type, commit, rev, files, offline=False)
+        raise KernelNotFoundError(
+            f"Kernel repository {ref.repo_id!r} was not found on {_endpoint()} (as a kernel or model repo). "
+            f"Check the name (bare names map to {config.hf_default_org()}/<name>), or log in if it is private."
+        ) from last_error
+
+    def _repo_type_order(self, ref: KernelRef) -> tuple[str, ...]:
+        record = cache.read_json(cache.refs_file(self.name, ref.repo_id, "<default>"))
+        if record and record.get("repo_type") == "model":
+            return ("model", "kernel")
+        return _REPO_TYPES
+
+    def _branches(self, api, ref: KernelRef, repo_type: str) -> list[str]:
+        refs = api.list_repo_refs(ref.repo_id, repo_type=repo_type)
+        return [b.name for b in refs.branches]
+
+    def _default_revision(self, api, ref: KernelRef, repo_type: str) -> str:
+        """The newest ``vN`` branch if the repo has version branches, else ``main`` (as ``kernels info``)."""
+        versions = sorted(
+            int(m.group(1)) for b in self._branches(api, ref, repo_type) if (m := _VERSION_BRANCH_RE.match(b))
+        )
+        return f"v{versions[-1]}" if versions else "main"
+
+    def _versions_text(self, api, ref: KernelRef, repo_type: str) -> str:
+        try:
+            branches = self._branches(api, ref, repo_type)
+        except Exception:
+            return "unknown (the branch list could not be read)"
+        versions = sorted(int(m.group(1)) for b in branches if (m := _VERSION_BRANCH_RE.match(b)))
+        shown = ", ".join(f"version={v}" for v in versions) or "none"
+        return f"{shown}; branches: {', '.join(sorted(branches)) or 'none'}"
+
+    def _resolve_offline(self, ref: KernelRef, revision: str | None) -> HfSnapshot:
+        """Offline: a commit from our refs or huggingface_hub's, files from its cached snapshot."""
+        from huggingface_hub import constants
+        from huggingface_hub.file_download import repo_folder_name
+
+        for repo_type in self._repo_type_order(ref):
+            folder = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=ref.repo_id, repo_type=repo_type)
+            commit = revision if is_commit(revision) else None
+            if commit is None:
+                commit = self.last_resolved(ref, revision)
+            if commit is None and revision is not None:
+                try:
+                    commit = (folder / "refs" / revision).read_text().strip()
+                except OSError:
+                    commit = None
+            if not commit:
+                continue
+            snap = folder / "snapshots" / commit
+            if not snap.is_dir():
+                continue
+            files = [
+                str(p.relative_to(snap)).replace(os.sep, "/")
+                for p in snap.rglob("*")
+                if p.is_file()
+            ]
+            return HfSnapshot(ref, repo_type, commit, revision, files, offline=True)
+        raise OfflineError(
+            f"Offline (HF_HUB_OFFLINE=1) and kernel {ref.repo_id} (revision {revision or 'default'}) "
+            f"was never fetched on this machine. Load it once with network access, or run "
+            f"`jitkernels warmup {ref.repo_id}`, then retry."
+        )
+
+
+def _endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__

@@ -1,0 +1,143 @@
+"""Snapshots that are already on disk: local folders (``LOCAL_KERNELS``, ``load_local``) and git checkouts.
+
+A git source is what a binary-only Hub repo names in a variant's
+``metadata.json``: ``source`` (a git URL) at ``provenance.kernel.commit``.
+Only that commit is fetched (``git fetch --depth 1 <url> <commit>``) into
+``<cache>/sources/git/<url hash>/<commit>`` and published atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from . import cache, config
+from .errors import BuildConfigError, FetchError, InvalidKernelNameError, OfflineError
+from .providers.base import KernelRef, Snapshot, is_commit
+
+_SKIP_DIRS = {".git", "__pycache__", ".pytest_cache", ".mypy_cache", "result"}
+
+
+def _walk(root: Path) -> list[str]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
+        rel = os.path.relpath(dirpath, root)
+        for name in filenames:
+            if name.endswith(".pyc") or name == ".jitkernels-complete":
+                continue
+            path = name if rel == "." else f"{rel}/{name}".replace(os.sep, "/")
+            files.append(path)
+    return files
+
+
+class LocalSnapshot(Snapshot):
+    """A kernel folder on disk: a source tree, a repo with ``build/``, or one build variant."""
+
+    def __init__(self, ref: KernelRef, path: Path, commit: str | None = None, kind: str = "local"):
+        self.ref = ref
+        self.path = path
+        self.commit = commit
+        self.requested = None
+        self.kind = kind
+        self.files = frozenset(_walk(path))
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    def fetch(self, patterns: list[str]) -> Path:
+        return self.path
+
+
+def parse_local_kernels(spec: str) -> dict[str, Path]:
+    """``"org/name=/path:org2/name2=/path2"`` -> ``{repo_id: path}`` (upstream's ``LOCAL_KERNELS`` format)."""
+    mapping: dict[str, Path] = {}
+    for item in filter(None, (part.strip() for part in spec.split(":"))):
+        repo_id, sep, path = item.partition("=")
+        if not sep or not repo_id.strip() or not path.strip():
+            raise InvalidKernelNameError(
+                f"LOCAL_KERNELS entry {item!r} is not 'org/name=/path'. "
+                f"Format: LOCAL_KERNELS=\"org/name=/path:org2/name2=/path2\"."
+            )
+        mapping[repo_id.strip()] = Path(path.strip()).expanduser()
+    return mapping
+
+
+def local_override(ref: KernelRef) -> LocalSnapshot | None:
+    """The ``LOCAL_KERNELS`` folder serving ``ref``, if any (matched by repo id, or by bare name)."""
+    spec = config.local_kernels_spec()
+    if not spec:
+        return None
+    mapping = parse_local_kernels(spec)
+    path = mapping.get(ref.repo_id)
+    if path is None:
+        return None
+    if not path.is_dir():
+        raise InvalidKernelNameError(f"LOCAL_KERNELS maps {ref.repo_id} to {path}, which is not a folder.")
+    return LocalSnapshot(ref, path.resolve())
+
+
+# -- git -----------------------------------------------------------------------
+
+def _git(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, GIT_TERMINAL_PROMPT="0")
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, env=env,
+            timeout=max(60.0, config.network_timeout() * 6),
+        )
+    except FileNotFoundError as exc:
+        raise FetchError("git is needed to fetch this kernel's source, and it is not installed.") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise FetchError(f"git {' '.join(args[:2])} timed out.") from exc
+
+
+def _check_git_url(url: str) -> str:
+    if not isinstance(url, str) or not url or url.startswith("-") or any(c in url for c in "\x00\n\r "):
+        raise BuildConfigError(f"metadata.json 'source' {url!r} is not a git URL.")
+    return url
+
+
+def fetch_git_commit(ref: KernelRef, url: str, commit: str) -> LocalSnapshot:
+    """The tree of ``url`` at ``commit``, fetched once (that commit only) into the cache."""
+    url = _check_git_url(url)
+    if not is_commit(commit):
+        raise BuildConfigError(f"Git source commit {commit!r} is not a full commit hash.")
+    final = cache.git_source_dir(url, commit)
+    if (final / ".jitkernels-complete").exists():
+        return LocalSnapshot(ref, final, commit=commit, kind="git")
+    if config.hf_offline():
+        raise OfflineError(
+            f"Offline: the source of {ref.repo_id} ({url} at {commit[:12]}) was never fetched. "
+            f"Load it once with network access, then retry."
+        )
+    with cache.file_lock(f"git:{url}:{commit}"):
+        if (final / ".jitkernels-complete").exists():
+            return LocalSnapshot(ref, final, commit=commit, kind="git")
+        staging = cache.staging_dir("git")
+        try:
+            steps = [
+                ["init", "-q", "."],
+                ["fetch", "-q", "--depth", "1", "--", url, commit],
+            ]
+            for step in steps:
+                result = _git(step, cwd=staging)
+                if result.returncode != 0:
+                    raise FetchError(
+                        f"Fetching the source of {ref.repo_id} failed: git {' '.join(step[:2])} {url} {commit[:12]}: "
+                        f"{result.stderr.strip()[-500:]}. Check that the commit exists and the URL is reachable."
+                    )
+            result = _git(["-c", "advice.detachedHead=false", "checkout", "-q", commit], cwd=staging)
+            if result.returncode != 0:
+                raise FetchError(f"git checkout {commit[:12]} of {url} failed: {result.stderr.strip()[-500:]}")
+            shutil.rmtree(staging / ".git", ignore_errors=True)
+            (staging / ".jitkernels-complete").write_text(f"{url}\n{commit}\n")
+            if final.exists():
+                shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover
+            cache.publish(staging, final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return LocalSnapshot(ref, final, commit=commit, kind="git")
