@@ -53,8 +53,9 @@ def version_tuple(text: str) -> tuple[int, ...]:
 
 def _at_most(local: str, bound: str) -> bool:
     """``local <= bound`` comparing as many components as the bound has (``2.9.1`` is within ``2.9``)."""
-    b = version_tuple(bound)
-    return version_tuple(local)[: max(len(b), 1)] <= b
+    b = tuple(int(p) for p in bound.split(".") if p.isdigit())
+    loc = tuple(int(p) for p in local.split(".") if p.isdigit())[: max(len(b), 1)]
+    return loc + (0,) * (len(b) - len(loc)) <= b
 
 
 def decide(config: BuildConfig, backend: str, toolchain: Toolchain = Toolchain(), ignore_bounds: bool = False) -> Decision:

@@ -107,7 +107,7 @@ def _import_entry(record: dict) -> ModuleType | None:
 
 
 def _warm(provider: str, repo_id: str, commit: str, backend: str) -> ModuleType | None:
-    key = (provider, repo_id, commit, backend)
+    key = (str(cache.root()), provider, repo_id, commit, backend)
     module = _LOADED.get(key)
     if module is not None:
         return module
@@ -225,7 +225,7 @@ def load_kernel(provider, name: str, *, revision=None, version=None, backend=Non
         if module is not None:
             return module
         module = load_snapshot(snapshot, name, backend, index_ids={ref.repo_id})
-        _LOADED[(prov.name, ref.repo_id, snapshot.commit, backend)] = module
+        _LOADED[(str(cache.root()), prov.name, ref.repo_id, snapshot.commit, backend)] = module
         return module
 
 

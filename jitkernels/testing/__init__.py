@@ -1,0 +1,1 @@
+"""Test helpers for JitKernels (a fake Hugging Face Hub server)."""
