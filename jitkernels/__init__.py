@@ -44,6 +44,13 @@ def load(provider, name: str, *, revision: str | None = None, version: int | Non
     (``cuda`` if a GPU is visible, else ``cpu``). Python kernels are imported
     from source, native ones compiled on first use and cached.
     """
+    if version is None and isinstance(revision, str) and len(revision) in (40, 64):
+        from .providers import provider_name
+        from .warm import try_load  # a pinned, prepared kernel: one index read, one import
+
+        module = try_load(provider_name(provider), name, revision, backend)
+        if module is not None:
+            return module
     from .pipeline import load_kernel
 
     return load_kernel(provider, name, revision=revision, version=version, backend=backend,
@@ -87,3 +94,36 @@ def warmup(provider, names, *, revision: str | None = None, version: int | None 
 
     return warmup_kernels(provider, names, revision=revision, version=version, backend=backend,
                           progress=progress)
+
+
+# -- issue 4: import hook pins, patch()/unpatch() of the upstream ``kernels`` package -------------
+
+__all__ += ["patch", "unpatch", "pin"]
+
+
+def patch(provider="hf_kernels"):
+    """Redirect the upstream ``kernels`` package (``get_kernel``, ``kernelize``...) to JitKernels.
+
+    Idempotent and thread safe; works before or after ``import kernels``;
+    usable as ``with jitkernels.patch(): ...`` and ``@jitkernels.patch()``.
+    See :mod:`jitkernels.patching`.
+    """
+    from .patching import patch as _patch
+
+    return _patch(provider)
+
+
+def unpatch() -> None:
+    """Undo :func:`patch`: the exact upstream function objects are put back."""
+    from .patching import unpatch as _unpatch
+
+    _unpatch()
+
+
+def pin(provider, name: str, *, revision: str | None = None, version: int | None = None,
+        backend: str | None = None, trust_remote_code: bool = False):
+    """Pin what ``import jitkernels.hub.<provider>.<name>`` resolves to (see :mod:`jitkernels.hub`)."""
+    from .hub import pin as _pin
+
+    return _pin(provider, name, revision=revision, version=version, backend=backend,
+                trust_remote_code=trust_remote_code)

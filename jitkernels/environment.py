@@ -17,7 +17,6 @@ import platform
 import re
 import subprocess
 import sys
-import sysconfig
 from functools import lru_cache
 
 from . import cache, config
@@ -40,8 +39,8 @@ def torch_major_minor() -> tuple[int, int]:
 
 
 def free_threaded() -> bool:
-    """True on a free-threaded (``3.13t``) interpreter."""
-    return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+    """True on a free-threaded (``3.13t``) interpreter (its ABI flags carry a ``t``)."""
+    return "t" in getattr(sys, "abiflags", "")
 
 
 def python_abi_tag() -> str:
@@ -55,6 +54,8 @@ def python_abi_tag() -> str:
 
 def extension_suffix() -> str:
     """The running interpreter's own suffix (never ``.abi3.so``: free-threaded builds have no stable ABI)."""
+    import sysconfig
+
     return sysconfig.get_config_var("EXT_SUFFIX") or ".so"
 
 

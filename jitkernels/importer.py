@@ -23,6 +23,9 @@ def import_package(module_name: str, package_dir: Path, what: str) -> ModuleType
     existing = sys.modules.get(module_name)
     if existing is not None and getattr(existing, "__file__", None) == str(init):
         return existing
+    if existing is not None:  # another package under this name: drop it and its submodules
+        for name in [n for n in sys.modules if n == module_name or n.startswith(module_name + ".")]:
+            del sys.modules[name]
     spec = importlib.util.spec_from_file_location(
         module_name, init, submodule_search_locations=[str(package_dir)]
     )

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
-from . import cache, config, environment
+from . import cache, config, environment, warm
 from .buildconfig import BACKENDS
 from .errors import (
     FetchError,
@@ -34,7 +34,6 @@ from .providers import KernelProvider, get_provider
 from .providers.base import KernelRef, Snapshot, is_commit
 from .sources import LocalSnapshot, local_override
 
-_LOADED: dict[tuple, ModuleType] = {}
 _LOCK = threading.RLock()
 
 #: ``python-depends`` names (as in build.toml) -> (import name, pip name).
@@ -99,28 +98,23 @@ def _index_record(provider: str, repo_id: str, commit: str, backend: str) -> dic
     return cache.read_json(cache.index_file(provider, repo_id, commit, backend, environment.env_key(backend)))
 
 
-def _import_entry(record: dict) -> ModuleType | None:
-    entry = cache.root() / record["entry"]
-    if not (entry / "manifest.json").is_file():
-        return None
-    return import_package(record["module"], entry / record["python_name"], what=record.get("repo_id", record["module"]))
-
-
-def _warm(provider: str, repo_id: str, commit: str, backend: str) -> ModuleType | None:
+def _warm(provider: str, repo_id: str, commit: str, backend: str, module_name: str | None = None) -> ModuleType | None:
     key = (str(cache.root()), provider, repo_id, commit, backend)
-    module = _LOADED.get(key)
+    module = warm.LOADED.get(key)
     if module is not None:
         return module
     record = _index_record(provider, repo_id, commit, backend)
     if record is None:
         return None
-    module = _import_entry(record)
+    module = warm.import_entry(record, module_name)
     if module is not None:
-        _LOADED[key] = module
+        warm.LOADED[key] = module
     return module
 
 
-def _write_index(provider: str, repo_ids: set[str], commit: str, backend: str, inspection: Inspection, entry: Path) -> None:
+def _write_index(provider: str, repo_ids: set[str], commit: str, backend: str, inspection: Inspection, entry: Path,
+                 names: tuple[str, ...] = ()) -> None:
+    """Index the published entry by repo id and by the names the caller used (see :mod:`jitkernels.warm`)."""
     record = {
         "module": inspection.module_name,
         "python_name": inspection.python_name,
@@ -128,8 +122,13 @@ def _write_index(provider: str, repo_ids: set[str], commit: str, backend: str, i
         "repo_id": inspection.repo_id,
         "strategy": inspection.strategy,
     }
+    envkey = environment.env_key(backend)
     for repo_id in repo_ids:
-        cache.write_json(cache.index_file(provider, repo_id, commit, backend, environment.env_key(backend)), record)
+        cache.write_json(cache.index_file(provider, repo_id, commit, backend, envkey), record)
+    for name in names:
+        path = warm.name_index_file(provider, name, commit, backend, envkey)
+        if path is not None:
+            cache.write_json(path, record)
 
 
 # -- the pipeline --------------------------------------------------------------
@@ -178,8 +177,14 @@ def _complete(inspection: Inspection, source_plan) -> Inspection:
     )
 
 
-def load_snapshot(snapshot: Snapshot, name: str, backend: str, index_ids: set[str] = frozenset()) -> ModuleType:
-    """Plan, prepare (or build) and import a kernel from a resolved snapshot."""
+def load_snapshot(snapshot: Snapshot, name: str, backend: str, index_ids: set[str] = frozenset(),
+                  module_name: str | None = None) -> ModuleType:
+    """Plan, prepare (or build) and import a kernel from a resolved snapshot.
+
+    ``module_name`` (default: the unique ``_<python_name>_<backend>_<digest>``)
+    is the name the package is imported under; the ``jitkernels.hub`` import
+    hook passes its own (``jitkernels.hub.hf.<name>``).
+    """
     inspection, source_plan = _plan(snapshot, name, backend)
     if inspection.strategy == UNSUPPORTED or source_plan is None:
         raise UnsupportedKernelError(
@@ -197,44 +202,54 @@ def load_snapshot(snapshot: Snapshot, name: str, backend: str, index_ids: set[st
         inspection, entry = build_native(inspection, source_plan)
     if not isinstance(snapshot, LocalSnapshot):  # local folders change under us: never indexed
         _write_index(inspection.provider, set(index_ids) | {snapshot.ref.repo_id, inspection.repo_id},
-                     inspection.revision or snapshot.commit, backend, inspection, entry)
-    return import_package(inspection.module_name, entry / inspection.python_name, what=inspection.repo_id)
+                     inspection.revision or snapshot.commit, backend, inspection, entry, names=(name,))
+    return import_package(module_name or inspection.module_name, entry / inspection.python_name, what=inspection.repo_id)
 
 
-def load_kernel(provider, name: str, *, revision=None, version=None, backend=None, trust_remote_code=False) -> ModuleType:
+def load_kernel(provider, name: str, *, revision=None, version=None, backend=None, trust_remote_code=False,
+                module_name: str | None = None) -> ModuleType:
+    """Load a kernel's package; ``module_name`` overrides the name a *first* import uses.
+
+    A kernel already loaded in this process (same provider, repo, commit and
+    backend) is returned as is, whatever name it was imported under.
+    """
     prov = get_provider(provider)
     ref = prov.parse_name(name)
     rev = revision_for(revision, version)
     backend = _backend(backend)
     with _LOCK:
+        module = warm.try_load(prov.name, name, rev, backend, module_name)
+        if module is not None:
+            return module
         local = local_override(ref)
         if local is None and is_commit(rev):
-            module = _warm(prov.name, ref.repo_id, rev, backend)
+            module = _warm(prov.name, ref.repo_id, rev, backend, module_name)
             if module is not None:
                 return module
         if local is not None:
-            return load_snapshot(local, name, backend)
+            return load_snapshot(local, name, backend, module_name=module_name)
         try:
             snapshot = _resolve(prov, ref, rev, trust_remote_code)
         except FetchError as exc:
-            module = _fallback_last_resolved(prov, ref, rev, backend, exc)
+            module = _fallback_last_resolved(prov, ref, rev, backend, exc, module_name)
             if module is not None:
                 return module
             raise
-        module = _warm(prov.name, ref.repo_id, snapshot.commit, backend)
+        module = _warm(prov.name, ref.repo_id, snapshot.commit, backend, module_name)
         if module is not None:
             return module
-        module = load_snapshot(snapshot, name, backend, index_ids={ref.repo_id})
-        _LOADED[(str(cache.root()), prov.name, ref.repo_id, snapshot.commit, backend)] = module
+        module = load_snapshot(snapshot, name, backend, index_ids={ref.repo_id}, module_name=module_name)
+        warm.LOADED[(str(cache.root()), prov.name, ref.repo_id, snapshot.commit, backend)] = module
         return module
 
 
-def _fallback_last_resolved(prov, ref: KernelRef, rev: str | None, backend: str, exc: Exception):
+def _fallback_last_resolved(prov, ref: KernelRef, rev: str | None, backend: str, exc: Exception,
+                            module_name: str | None = None):
     """Network down for an unpinned revision: load the commit it resolved to last time, and say so once."""
     commit = rev if is_commit(rev) else prov.last_resolved(ref, rev)
     if commit is None:
         return None
-    module = _warm(prov.name, ref.repo_id, commit, backend)
+    module = _warm(prov.name, ref.repo_id, commit, backend, module_name)
     if module is not None and not is_commit(rev):
         warning_once(
             f"Could not reach the provider to resolve {ref.repo_id}@{rev or 'default'} ({exc.__class__.__name__}); "
@@ -283,3 +298,17 @@ def _check_python_depends(inspection: Inspection) -> None:
             f"Kernel {inspection.repo_id} needs Python packages that are not installed: {', '.join(missing)}. "
             f"Install them with: pip install {' '.join(missing)}"
         )
+
+
+def warmup_kernels(provider, names, *, revision=None, version=None, backend=None, progress=None) -> list[Inspection]:
+    """Fetch and prepare (compile) each kernel; ``progress(index, total, name, seconds)`` after each one."""
+    import time
+
+    results = []
+    for index, name in enumerate(names, 1):
+        start = time.monotonic()
+        load_kernel(provider, name, revision=revision, version=version, backend=backend)
+        results.append(inspect_kernel(provider, name, revision=revision, version=version, backend=backend))
+        if progress is not None:
+            progress(index, len(names), name, time.monotonic() - start)
+    return results

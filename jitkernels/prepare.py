@@ -8,10 +8,8 @@ compiled library (see :mod:`jitkernels.native.builder`).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from . import cache, config
 from .inspection import Inspection
 from .planning import SourcePlan, digest_files
 
-MANIFEST = "manifest.json"
+from .entries import MANIFEST, check_entry, discard_entry, write_manifest  # noqa: F401
 
 
 def module_name_for(python_name: str, backend: str, digest: str) -> str:
@@ -73,21 +71,6 @@ def stage_package(plan: SourcePlan, root: Path, target: Path, native: bool) -> l
     return copied
 
 
-def write_manifest(entry: Path, inspection: Inspection, extra: dict | None = None) -> None:
-    files = {}
-    for path in sorted(entry.rglob("*")):
-        if path.is_file() and path.name != MANIFEST and "__pycache__" not in path.parts:
-            files[str(path.relative_to(entry)).replace(os.sep, "/")] = path.stat().st_size
-    manifest = {
-        "recipe": config.RECIPE_VERSION,
-        "created": time.time(),
-        "inspection": inspection.to_dict(),
-        "files": files,
-        **(extra or {}),
-    }
-    (entry / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-
-
 def prepare_python(inspection: Inspection, plan: SourcePlan) -> tuple[Inspection, Path]:
     """Publish the Python package of a ``python`` kernel; returns the completed inspection and the entry folder."""
     root, files = fetch_inputs(plan)
@@ -95,10 +78,10 @@ def prepare_python(inspection: Inspection, plan: SourcePlan) -> tuple[Inspection
     name = module_name_for(inspection.python_name, inspection.backend, digest)
     inspection = replace(inspection, module_name=name, digest=digest)
     entry = cache.entry_dir(name)
-    if (entry / MANIFEST).exists():
+    if check_entry(entry) is None:
         return inspection, entry
     with cache.file_lock(f"entry:{name}"):
-        if (entry / MANIFEST).exists():
+        if check_entry(entry) is None:
             return inspection, entry
         staging = cache.staging_dir(name)
         try:
@@ -108,8 +91,8 @@ def prepare_python(inspection: Inspection, plan: SourcePlan) -> tuple[Inspection
             if not (package / "_ops.py").exists():
                 (package / "_ops.py").write_text(ops_py(name, import_library=False))
             write_manifest(staging, inspection)
-            if entry.exists():  # an entry without manifest: a leftover, replace it
-                shutil.rmtree(entry, ignore_errors=True)
+            if entry.exists():  # damaged, or a leftover without manifest: replace it
+                discard_entry(entry)
             cache.publish(staging, entry)
         except OSError as exc:
             raise cache.cache_error(staging, exc) from exc

@@ -29,7 +29,15 @@ from ..errors import BuildError, ToolchainError
 from ..inspection import Inspection
 from ..log import logger
 from ..planning import SourcePlan, digest_files
-from ..prepare import MANIFEST, fetch_inputs, module_name_for, ops_py, stage_package, write_manifest
+from ..prepare import (
+    check_entry,
+    discard_entry,
+    fetch_inputs,
+    module_name_for,
+    ops_py,
+    stage_package,
+    write_manifest,
+)
 from .codegen import REGISTRATION_H
 from .spec import BuildSpec, make_spec
 
@@ -51,7 +59,7 @@ def build_native(inspection: Inspection, plan: SourcePlan) -> tuple[Inspection, 
     """Return the published entry for this kernel and environment, compiling it if needed."""
     inspection, spec, root, files = prepare_spec(inspection, plan)
     entry = entry_for(spec)
-    if (entry / MANIFEST).is_file():
+    if check_entry(entry) is None:
         return inspection, entry
     if config.disable_build():
         raise BuildError(
@@ -66,10 +74,10 @@ def build_native(inspection: Inspection, plan: SourcePlan) -> tuple[Inspection, 
         logger.warning("Waiting for another process to finish building %s ...", spec.extension_name)
         lock.acquire()
     try:
-        if (entry / MANIFEST).is_file():
+        if check_entry(entry) is None:
             return inspection, entry
-        if entry.exists():  # a leftover without manifest (a crash): never loaded, replaced
-            shutil.rmtree(entry, ignore_errors=True)
+        if entry.exists():  # damaged, or a leftover without manifest: never loaded, replaced
+            discard_entry(entry)
         _build_and_publish(inspection, plan, spec, root, files, entry)
     finally:
         lock.release()

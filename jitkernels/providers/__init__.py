@@ -11,7 +11,17 @@ import importlib
 from typing import Callable
 
 from ..errors import UnknownProviderError
-from .base import KernelRef, Provider, Snapshot, is_commit
+
+_BASE_NAMES = ("KernelRef", "Provider", "Snapshot", "is_commit")
+
+
+def __getattr__(name: str):
+    # The interfaces are imported lazily: the warm path only needs provider_name().
+    if name in _BASE_NAMES:
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(name)
 
 
 class KernelProvider(str, enum.Enum):
@@ -65,7 +75,7 @@ def provider_name(provider: "str | KernelProvider") -> str:
     )
 
 
-def get_provider(provider: "str | KernelProvider") -> Provider:
+def get_provider(provider: "str | KernelProvider"):
     name = provider_name(provider)
     instance = _INSTANCES.get(name)
     if instance is None:

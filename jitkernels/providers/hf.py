@@ -26,11 +26,17 @@ from ..errors import (
     KernelNotFoundError,
     OfflineError,
     RevisionNotFoundError,
+    TrustError,
 )
+from ..log import warning_once
 from .base import KernelRef, Provider, Snapshot, is_commit
 
 _PART_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
 _REPO_TYPES = ("kernel", "model")
+
+#: Publishers trusted without asking the Hub (upstream also trusts any organisation
+#: the Hub flags ``trustedKernelPublisher``). ``JITKERNELS_TRUSTED`` adds more.
+DEFAULT_TRUSTED = frozenset({"kernels-community"})
 _VERSION_BRANCH_RE = re.compile(r"^v(\d+)$")
 
 
@@ -127,8 +133,43 @@ class HfKernelsProvider(Provider):
 
     def resolve(self, ref, revision, *, offline, trust_remote_code=False) -> HfSnapshot:
         if offline:
-            return self._resolve_offline(ref, revision)
-        return self._resolve_online(ref, revision)
+            snapshot = self._resolve_offline(ref, revision)
+            if not self._trusted_locally(ref, trust_remote_code):
+                warning_once(
+                    f"Offline: the publisher of {ref.repo_id} cannot be checked; loading it because it is in "
+                    f"the local cache (it was trusted when it was fetched)."
+                )
+            return snapshot
+        snapshot = self._resolve_online(ref, revision)
+        self.check_trust(ref, trust_remote_code)
+        return snapshot
+
+    # -- trust -------------------------------------------------------------------
+    def _trusted_locally(self, ref: KernelRef, trust_remote_code) -> bool:
+        org = ref.repo_id.split("/", 1)[0]
+        if trust_remote_code is True:
+            return True
+        if isinstance(trust_remote_code, (list, tuple, set)) and ref.repo_id in trust_remote_code:
+            return True
+        allowed = DEFAULT_TRUSTED | set(config.trusted_orgs_extra())
+        return org in allowed or ref.repo_id in allowed
+
+    def check_trust(self, ref: KernelRef, trust_remote_code=False) -> None:
+        """Trusted publishers load by default; anything else needs ``trust_remote_code`` or the allow-list."""
+        if self._trusted_locally(ref, trust_remote_code):
+            return
+        org = ref.repo_id.split("/", 1)[0]
+        try:
+            overview = self._api().get_organization_overview(org)
+            trusted = bool(getattr(overview, "trustedKernelPublisher", False))
+        except Exception:
+            trusted = False  # a user namespace, or the check failed: not trusted
+        if not trusted:
+            raise TrustError(
+                f"Kernel {ref.repo_id} is not from a trusted publisher, and loading it runs its code. "
+                f"If you trust it, pass trust_remote_code=True (or trust_remote_code=[{ref.repo_id!r}]), "
+                f"or add {org!r} or {ref.repo_id!r} to JITKERNELS_TRUSTED (comma separated)."
+            )
 
     def _api(self):
         from huggingface_hub import HfApi

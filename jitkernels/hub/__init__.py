@@ -1,0 +1,393 @@
+"""Import kernels as Python modules: ``from jitkernels.hub.hf import triton_layer_norm``.
+
+Import forms
+------------
+``jitkernels.hub.<provider>.<kernel>`` for every provider alias that is a
+Python identifier (``hf``, ``hf_kernels``, ``huggingface``)::
+
+    from jitkernels.hub.hf import triton_layer_norm
+    import jitkernels.hub.hf_kernels.activation as act
+    from jitkernels.hub.hf.triton_layer_norm.layers import LayerNorm   # submodules too
+
+``<kernel>`` is a kernel name as :func:`jitkernels.load` takes it, spelled as
+an identifier: ``triton_layer_norm`` is ``kernels-community/triton-layer-norm``
+(underscores become hyphens, the organisation is ``JITKERNELS_HF_ORG``); a
+double underscore separates another organisation: ``jitkernels_examples__rms_norm``
+is ``jitkernels-examples/rms-norm``.
+
+The module *is* the kernel's own package, resolved, fetched and prepared (or
+built) by the same pipeline as :func:`jitkernels.load`, imported from the
+JitKernels cache directly under its hub name (``jitkernels.hub.hf.<kernel>``)
+with the standard source loader: ``importlib.reload``, ``inspect.getsource``,
+tracebacks (real files in the cache) and pickling by reference (a function's
+``__module__`` is ``jitkernels.hub.hf.<kernel>...``, importable again in a
+fresh process) behave as for any package. The same kernel imported through
+another alias, or already loaded by ``jitkernels.load``, is the *same* module
+object (registered under the second name too; its ``__name__`` stays the
+first name, which is what pickles refer to).
+
+``jitkernels.hub`` and ``jitkernels.hub.<alias>`` list nothing eagerly
+(``dir()`` shows only kernels already imported) and never touch the network;
+only importing (or reading the attribute of) a kernel does. A missing,
+unsupported or (offline) uncached kernel raises :class:`KernelModuleNotFoundError`,
+a ``ModuleNotFoundError`` carrying ``reason`` (the inspection's reason, e.g.
+``missing-source``, or ``not-found`` / ``revision-not-found`` / ``offline`` /
+``invalid-name``) and ``inspection`` when there is one, so::
+
+    try:
+        from jitkernels.hub.hf import activation
+    except ImportError:
+        activation = None
+
+behaves. Build failures, network errors and errors raised by the kernel's
+own code propagate unchanged.
+
+The finder
+----------
+A :pep:`451` meta-path finder installed by ``import jitkernels.hub`` (which
+every ``jitkernels.hub.*`` import goes through first), so ``import jitkernels``
+alone installs nothing. It claims only ``jitkernels.hub.<alias>`` and
+``jitkernels.hub.<alias>.<kernel>`` (and submodules reached through a
+second alias); for every other name it returns ``None`` after one
+``str.startswith`` (see ``benchmarks/bench_import_hook.py``). Importing
+torch/huggingface_hub happens only when a kernel is imported.
+
+Revision pinning
+----------------
+Without a pin, an import resolves like ``jitkernels.load(provider, name)``:
+the newest ``vN`` branch, else ``main``. To make imports reproducible:
+
+* ``jitkernels.pin("hf", "triton_layer_norm", revision="<commit>")``
+  (or ``revision="main"``, ``version=1``; also ``backend=``,
+  ``trust_remote_code=``) before the import; ``jitkernels.hub.unpin`` removes it.
+* ``JITKERNELS_PINS=/path/jitkernels.lock.json`` (several files separated
+  by ``os.pathsep``; earlier files win; :func:`pin` wins over files). A file is either
+
+  - the upstream ``kernels`` lock (``kernels lock`` writes it), pinning each
+    ``repo-id`` to its locked ``commit``::
+
+        [{"dependency": {"repo-id": "kernels-community/activation", "version": 1},
+          "lock": {"commit": "0123456789abcdef0123456789abcdef01234567"}}]
+
+  - or a JitKernels pin file (:func:`write_pins` writes the current pins)::
+
+        {"version": 1, "pins": [
+          {"provider": "hf_kernels", "name": "kernels-community/triton-layer-norm",
+           "revision": "0123456789abcdef0123456789abcdef01234567"},
+          {"provider": "hf", "name": "rms-norm", "version": 1, "backend": "cpu"}]}
+
+Pins are keyed by provider and repository (``"hf", "triton_layer_norm"`` and
+``"hf_kernels", "kernels-community/triton-layer-norm"`` are one key). They
+apply to imports made after they are set; ``importlib.reload(module)``
+resolves again with the current pin (a different commit gives a new module
+object under the same name). A pinned commit that is already prepared loads
+from the cache without huggingface_hub or the network.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+import threading
+from types import ModuleType
+
+from ..errors import JitKernelsError
+from ._pins import PINS_ENV, Pin
+
+PREFIX = __name__ + "."  # "jitkernels.hub."
+
+__all__ = [
+    "KernelModuleNotFoundError",
+    "HubFinder",
+    "PINS_ENV",
+    "Pin",
+    "pin",
+    "unpin",
+    "pins",
+    "clear_pins",
+    "write_pins",
+    "install",
+    "uninstall",
+    "module_name_for",
+]
+
+
+class KernelModuleNotFoundError(ModuleNotFoundError, JitKernelsError):
+    """``jitkernels.hub.<alias>.<kernel>`` cannot be imported: the kernel is missing or unsupported.
+
+    ``reason`` is the inspection's reason (``missing-source``, ``no-backend``...)
+    or one of ``not-found``, ``revision-not-found``, ``offline``, ``invalid-name``;
+    ``inspection`` is the full :class:`~jitkernels.inspection.Inspection` when one was made.
+    """
+
+    def __init__(self, message: str, *, name: str | None = None, reason: str | None = None,
+                 inspection=None, kernel: str | None = None, provider: str | None = None):
+        super().__init__(message, name=name)
+        self.reason = reason
+        self.inspection = inspection
+        self.kernel = kernel
+        self.provider = provider
+
+
+# -- names ------------------------------------------------------------------------
+
+def _provider_for_alias(alias: str) -> str | None:
+    if not alias.isidentifier() or alias.startswith("_"):
+        return None
+    from ..providers import known_aliases
+
+    return known_aliases().get(alias)
+
+
+def kernel_name(identifier: str) -> str:
+    """``triton_layer_norm`` -> ``triton-layer-norm``; ``org_name__kernel_x`` -> ``org-name/kernel-x``.
+
+    Hyphens throughout: kernel-builder names never contain ``_``, and the
+    spelling ``jitkernels.load`` callers use keeps one module per kernel.
+    """
+    if "__" in identifier:
+        org, short = identifier.split("__", 1)
+        return f"{org.replace('_', '-')}/{short.replace('_', '-')}"
+    return identifier.replace("_", "-")
+
+
+def module_name_for(provider: str, name: str) -> str:
+    """The hub module name of a kernel: ``("hf", "jitkernels-examples/rms-norm")`` -> ``jitkernels.hub.hf.jitkernels_examples__rms_norm``."""
+    ident = name.replace("-", "_").replace("/", "__")
+    if not ident.isidentifier():
+        raise ValueError(f"{name!r} cannot be spelled as a module name.")
+    if _provider_for_alias(provider) is None:
+        raise ValueError(f"{provider!r} is not a provider alias usable in a module name.")
+    return f"{PREFIX}{provider}.{ident}"
+
+
+# -- loaders ------------------------------------------------------------------------
+
+class _ProviderPackageLoader(importlib.abc.Loader):
+    """``jitkernels.hub.<alias>``: an empty package whose attributes import kernels on first access."""
+
+    def __init__(self, provider: str):
+        self.provider = provider
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module: ModuleType) -> None:
+        package = module.__name__
+        module.__path__ = []  # a package, but nothing on disk: kernels come from the finder
+        module.__all__ = []  # "from jitkernels.hub.hf import *" imports nothing eagerly
+        module.__doc__ = (f"Kernels of provider {self.provider!r}: `from {package} import <kernel>` "
+                          f"(see jitkernels.hub). Lists nothing until imported.")
+
+        def __getattr__(attr: str):
+            # PEP 562: ``from jitkernels.hub.hf import x`` checks hasattr() first; importing here
+            # lets a missing kernel's KernelModuleNotFoundError (and its reason) reach the user.
+            if attr.startswith("_") or not attr.isidentifier():
+                raise AttributeError(f"module {package!r} has no attribute {attr!r}")
+            return importlib.import_module(f"{package}.{attr}")
+
+        def __dir__():
+            prefix = package + "."
+            return sorted(n[len(prefix):] for n in list(sys.modules)
+                          if n.startswith(prefix) and "." not in n[len(prefix):])
+
+        module.__getattr__ = __getattr__
+        module.__dir__ = __dir__
+
+
+class _AliasLoader(importlib.abc.Loader):
+    """A name that is another name: the module registered under both (never executed twice)."""
+
+    def __init__(self, real_name: str):
+        self.real_name = real_name
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module: ModuleType) -> None:
+        real = importlib.import_module(self.real_name)
+        sys.modules[module.__spec__.name] = real  # the import system returns what sys.modules holds
+
+
+_ERRORS_AS_NOT_FOUND = None
+
+
+def _not_found_types():
+    global _ERRORS_AS_NOT_FOUND
+    if _ERRORS_AS_NOT_FOUND is None:
+        from ..errors import (
+            InvalidKernelNameError,
+            KernelNotFoundError,
+            OfflineError,
+            RevisionNotFoundError,
+            UnsupportedKernelError,
+        )
+
+        _ERRORS_AS_NOT_FOUND = (
+            (UnsupportedKernelError, None),
+            (RevisionNotFoundError, "revision-not-found"),
+            (KernelNotFoundError, "not-found"),
+            (OfflineError, "offline"),
+            (InvalidKernelNameError, "invalid-name"),
+        )
+    return _ERRORS_AS_NOT_FOUND
+
+
+class _KernelLoader(importlib.abc.Loader):
+    """``jitkernels.hub.<alias>.<kernel>``: load through the pipeline under this very name."""
+
+    def __init__(self, provider: str, identifier: str):
+        self.provider = provider
+        self.identifier = identifier
+        self.name = kernel_name(identifier)
+
+    def create_module(self, spec):
+        return None
+
+    def _load(self, fullname: str) -> ModuleType:
+        from .. import pipeline
+        from . import _pins
+
+        chosen = None
+        try:
+            chosen = _pins.lookup(self.provider, self.name)
+            kwargs = chosen.load_kwargs() if chosen is not None else {}
+            return pipeline.load_kernel(self.provider, self.name, module_name=fullname, **kwargs)
+        except Exception as exc:
+            for kind, reason in _not_found_types():
+                if isinstance(exc, kind):
+                    inspection = getattr(exc, "inspection", None)
+                    if reason is None:
+                        reason = getattr(inspection, "reason", None) or "unsupported"
+                    where = f" ({_describe(chosen)})" if chosen is not None else ""
+                    raise KernelModuleNotFoundError(
+                        f"No kernel module named {fullname!r}: {exc}{where}",
+                        name=fullname, reason=reason, inspection=inspection,
+                        kernel=self.name, provider=self.provider,
+                    ) from exc
+            raise
+
+    def exec_module(self, module: ModuleType) -> None:
+        fullname = module.__spec__.name
+        reloading = sys.modules.get(fullname) is module and getattr(module, "__file__", None)
+        # On reload, set the package's submodules aside: if the pin now gives another commit, the new
+        # package must import its own submodules, not find the old ones in sys.modules.
+        prefix = fullname + "."
+        aside = {n: sys.modules.pop(n) for n in [n for n in sys.modules if n.startswith(prefix)]} if reloading else {}
+        try:
+            loaded = self._load(fullname)
+        except BaseException:
+            sys.modules.update(aside)
+            raise
+        if loaded is module:
+            sys.modules.update(aside)  # same package: a normal reload keeps its submodules
+        if loaded is module and reloading:
+            # importlib.reload of an unchanged kernel: run its package code again, as for any package.
+            spec = importlib.util.spec_from_file_location(
+                loaded.__name__, module.__file__, submodule_search_locations=list(module.__path__))
+            # importlib set __spec__/__loader__/__package__ from our spec: back to the package's own
+            module.__spec__, module.__loader__ = spec, spec.loader
+            module.__package__ = spec.name
+            module.__path__ = spec.submodule_search_locations
+            spec.loader.exec_module(module)
+            return
+        sys.modules[fullname] = loaded  # already there when imported under this name; an alias otherwise
+
+
+def _describe(p: Pin) -> str:
+    what = f"revision={p.revision!r}" if p.revision is not None else f"version={p.version!r}"
+    return f"pinned to {what} by {p.source}"
+
+
+# -- the finder -------------------------------------------------------------------------
+
+class HubFinder:
+    """Meta-path finder for ``jitkernels.hub.<alias>[.<kernel>]``; ``None`` for every other name."""
+
+    @classmethod
+    def find_spec(cls, fullname, path=None, target=None):
+        if not fullname.startswith(PREFIX):
+            return None
+        parts = fullname[len(PREFIX):].split(".")
+        provider = _provider_for_alias(parts[0])
+        if provider is None:
+            return None
+        if len(parts) == 1:
+            return importlib.machinery.ModuleSpec(fullname, _ProviderPackageLoader(provider), is_package=True)
+        if len(parts) == 2:
+            if not parts[1].isidentifier() or parts[1].startswith("_"):
+                return None
+            return importlib.machinery.ModuleSpec(fullname, _KernelLoader(provider, parts[1]))
+        # A submodule: the normal path finder handles it through the parent's __path__, unless the
+        # parent is an alias of a kernel imported under another name (never execute a file twice).
+        parent = sys.modules.get(fullname.rpartition(".")[0])
+        real_parent = getattr(parent, "__name__", None)
+        if parent is None or real_parent == fullname.rpartition(".")[0]:
+            return None
+        return importlib.machinery.ModuleSpec(
+            fullname, _AliasLoader(f"{real_parent}.{fullname.rpartition('.')[2]}"))
+
+    @classmethod
+    def invalidate_caches(cls) -> None:
+        pass
+
+
+_INSTALL_LOCK = threading.Lock()
+
+
+def install() -> None:
+    """Put the finder first on ``sys.meta_path`` (done by ``import jitkernels.hub``; idempotent)."""
+    with _INSTALL_LOCK:
+        if HubFinder not in sys.meta_path:
+            sys.meta_path.insert(0, HubFinder)
+
+
+def uninstall() -> None:
+    """Remove the finder (kernels already imported stay in ``sys.modules``)."""
+    with _INSTALL_LOCK:
+        while HubFinder in sys.meta_path:
+            sys.meta_path.remove(HubFinder)
+
+
+# -- pinning API ------------------------------------------------------------------------
+
+def pin(provider, name: str, *, revision: str | None = None, version: int | None = None,
+        backend: str | None = None, trust_remote_code: bool = False) -> Pin:
+    """Pin what ``import jitkernels.hub.<provider>.<name>`` resolves to (exactly one of revision/version)."""
+    from . import _pins
+
+    return _pins.pin(provider, name, revision=revision, version=version, backend=backend,
+                     trust_remote_code=trust_remote_code)
+
+
+def unpin(provider, name: str) -> Pin | None:
+    """Remove a :func:`pin` (file pins from ``JITKERNELS_PINS`` stay)."""
+    from . import _pins
+
+    return _pins.unpin(provider, name)
+
+
+def pins() -> dict:
+    """The pins made with :func:`pin` in this process, keyed ``(provider, repo_id)``."""
+    from . import _pins
+
+    return _pins.explicit()
+
+
+def clear_pins() -> None:
+    from . import _pins
+
+    _pins.clear()
+
+
+def write_pins(path) -> "object":
+    """Write the current :func:`pin` pins as a JitKernels pin file (use with ``JITKERNELS_PINS``)."""
+    from . import _pins
+
+    return _pins.write(path)
+
+
+install()

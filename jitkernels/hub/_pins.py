@@ -1,0 +1,193 @@
+"""Revision pins for the ``jitkernels.hub`` import form, and the upstream ``kernels.lock`` reader.
+
+Stdlib only (plus the light provider registry): imported by ``import jitkernels.hub``.
+See :mod:`jitkernels.hub` for the documented formats.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import InvalidKernelNameError, LockfileError
+
+PINS_ENV = "JITKERNELS_PINS"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Pin:
+    """What an import of one kernel resolves to: exactly one of ``revision``/``version``."""
+
+    provider: str
+    name: str
+    revision: str | None = None
+    version: int | None = None
+    backend: str | None = None
+    trust_remote_code: bool = False
+    source: str = "pin()"
+
+    def load_kwargs(self) -> dict:
+        return {"revision": self.revision, "version": self.version, "backend": self.backend,
+                "trust_remote_code": self.trust_remote_code}
+
+
+_LOCK = threading.RLock()
+_EXPLICIT: dict[tuple[str, str], Pin] = {}
+_FILE_CACHE: dict[str, tuple[tuple[int, int], dict[tuple[str, str], Pin]]] = {}
+
+
+def key(provider, name: str) -> tuple[str, str]:
+    """``(canonical provider, normalised repo id)``: ``"hf", "triton_layer_norm"`` and
+    ``"hf_kernels", "kernels-community/triton-layer-norm"`` are the same key."""
+    from ..providers import get_provider, provider_name
+
+    canonical = provider_name(provider)
+    ref = get_provider(canonical).parse_name(name)
+    return canonical, ref.repo_id.lower().replace("_", "-")
+
+
+def _check(revision, version) -> None:
+    from ..pipeline import revision_for  # validation only; pipeline is imported lazily here
+
+    if revision is None and version is None:
+        raise InvalidKernelNameError("pin() needs revision= (branch, tag or commit) or version=N.")
+    revision_for(revision, version)
+
+
+def pin(provider, name: str, *, revision: str | None = None, version: int | None = None,
+        backend: str | None = None, trust_remote_code: bool = False) -> Pin:
+    _check(revision, version)
+    k = key(provider, name)
+    value = Pin(k[0], name, revision, version, backend, bool(trust_remote_code))
+    with _LOCK:
+        _EXPLICIT[k] = value
+    return value
+
+
+def unpin(provider, name: str) -> Pin | None:
+    with _LOCK:
+        return _EXPLICIT.pop(key(provider, name), None)
+
+
+def clear() -> None:
+    with _LOCK:
+        _EXPLICIT.clear()
+
+
+def explicit() -> dict[tuple[str, str], Pin]:
+    with _LOCK:
+        return dict(_EXPLICIT)
+
+
+# -- files ----------------------------------------------------------------------
+
+def read_upstream_lock(data, where: str) -> dict[str, tuple[str, dict]]:
+    """Parse the upstream ``kernels`` 0.17 lock format: ``{repo_id: (commit, dependency)}``.
+
+    ``[{"dependency": {"repo-id": ..., "version": N | "revision": ...}, "lock": {"commit": "<hex>"}}, ...]``
+    """
+    from ..providers.base import is_commit
+
+    if not isinstance(data, list):
+        raise LockfileError(f"{where}: a kernels.lock file is a JSON list of {{dependency, lock}} entries.")
+    out: dict[str, tuple[str, dict]] = {}
+    for i, entry in enumerate(data):
+        dep = entry.get("dependency") if isinstance(entry, dict) else None
+        lock = entry.get("lock") if isinstance(entry, dict) else None
+        repo_id = dep.get("repo-id") if isinstance(dep, dict) else None
+        commit = lock.get("commit") if isinstance(lock, dict) else None
+        if not isinstance(repo_id, str) or not isinstance(commit, str) or not is_commit(commit.lower()):
+            raise LockfileError(
+                f"{where}: entry {i} is not {{\"dependency\": {{\"repo-id\": ...}}, \"lock\": {{\"commit\": "
+                f"\"<40 or 64 hex digits>\"}}}} (got {entry!r})."
+            )
+        if repo_id in out:
+            raise LockfileError(f"{where}: {repo_id} is locked twice.")
+        out[repo_id] = (commit.lower(), dep)
+    return out
+
+
+def load_upstream_lock(path) -> dict[str, tuple[str, dict]]:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise LockfileError(f"Cannot read lock file {path}: {exc}") from exc
+    return read_upstream_lock(data, str(path))
+
+
+def _parse_file(path: Path) -> dict[tuple[str, str], Pin]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise LockfileError(f"{PINS_ENV}: cannot read pin file {path}: {exc}") from exc
+    pins: dict[tuple[str, str], Pin] = {}
+    source = str(path)
+    if isinstance(data, list):  # upstream kernels.lock
+        for repo_id, (commit, _dep) in read_upstream_lock(data, source).items():
+            k = key("hf_kernels", repo_id)
+            pins.setdefault(k, Pin(k[0], repo_id, revision=commit, source=source))
+        return pins
+    if not isinstance(data, dict) or not isinstance(data.get("pins"), list):
+        raise LockfileError(f"{source}: a JitKernels pin file is {{\"version\": 1, \"pins\": [...]}} "
+                            f"(or an upstream kernels.lock list).")
+    for i, entry in enumerate(data["pins"]):
+        try:
+            provider, name = entry["provider"], entry["name"]
+            revision, version = entry.get("revision"), entry.get("version")
+            _check(revision, version)
+            k = key(provider, name)
+            unknown = set(entry) - {"provider", "name", "revision", "version", "backend", "trust_remote_code"}
+            if unknown:
+                raise LockfileError(f"unknown keys {sorted(unknown)}")
+            pins.setdefault(k, Pin(k[0], name, revision, version, entry.get("backend"),
+                                   bool(entry.get("trust_remote_code", False)), source))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LockfileError(f"{source}: pin {i} ({entry!r}) is invalid: {exc}") from exc
+    return pins
+
+
+def _file_pins(path: str) -> dict[tuple[str, str], Pin]:
+    p = Path(path).expanduser()
+    try:
+        st = p.stat()
+    except OSError as exc:
+        raise LockfileError(f"{PINS_ENV} names {p}, which cannot be read: {exc}") from exc
+    stamp = (st.st_mtime_ns, st.st_size)
+    with _LOCK:
+        cached = _FILE_CACHE.get(str(p))
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        pins = _parse_file(p)
+        _FILE_CACHE[str(p)] = (stamp, pins)
+        return pins
+
+
+def lookup(provider, name: str) -> Pin | None:
+    """The pin for a kernel: ``pin()`` first, then the ``JITKERNELS_PINS`` files in order."""
+    k = key(provider, name)
+    with _LOCK:
+        found = _EXPLICIT.get(k)
+    if found is not None:
+        return found
+    for path in filter(None, os.environ.get(PINS_ENV, "").split(os.pathsep)):
+        found = _file_pins(path).get(k)
+        if found is not None:
+            return found
+    return None
+
+
+def write(path, pins=None) -> Path:
+    """Write ``pins`` (default: every :func:`pin` made in this process) as a JitKernels pin file."""
+    items = list((pins if pins is not None else explicit()).values())
+    data = {"version": FORMAT_VERSION, "pins": []}
+    for p in sorted(items, key=lambda p: (p.provider, p.name)):
+        entry = {k: v for k, v in asdict(p).items() if k != "source" and v not in (None, False)}
+        data["pins"].append(entry)
+    path = Path(path)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
