@@ -285,6 +285,7 @@ def machine_info(args, work: Path, backend: str = "cpu") -> dict:
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "python": args.python,
     }
+    info.update(code_state())
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
@@ -312,6 +313,32 @@ def machine_info(args, work: Path, backend: str = "cpu") -> dict:
         if line.startswith(RESULT_TAG):
             info.update(json.loads(line[len(RESULT_TAG):]))
     return info
+
+
+def code_state() -> dict:
+    """Which jitkernels code was measured: git HEAD, whether jitkernels/ has uncommitted changes, a content hash."""
+    import hashlib
+
+    state: dict = {"measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    try:
+        state["git_head"] = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+                                           capture_output=True, text=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "jitkernels"],
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+        state["jitkernels_uncommitted_changes"] = bool(dirty)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    digest = hashlib.sha256()
+    for path in sorted((REPO_ROOT / "jitkernels").rglob("*.py")):
+        digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    state["jitkernels_sources_sha256"] = digest.hexdigest()[:16]
+    return state
+
+
+def describe_code(info: dict) -> str:
+    dirty = " + uncommitted jitkernels/ changes" if info.get("jitkernels_uncommitted_changes") else ""
+    return (f"Code: git {info.get('git_head', '?')}{dirty} (jitkernels sources sha256 "
+            f"{info.get('jitkernels_sources_sha256', '?')}), measured {info.get('measured_at', '?')}")
 
 
 def write_json(path: str | None, data: dict) -> None:

@@ -191,6 +191,7 @@ def main(argv=None) -> int:
     print(f"Machine: {info.get('cpu_model', '?')}, {info.get('cpus_usable')} usable cores{device}; Python "
           f"{info.get('python_version')}, torch {info.get('torch')}; MAX_JOBS={C.os.environ.get('MAX_JOBS', 'unset')}"
           + (f"; bare arch list {bare_arch}; full list {args.full_arch_list}" if args.backend == "cuda" else "") + "\n")
+    print(C.describe_code(info) + "\n")
     print(C.markdown_table(["variant", "median s", "min s", "max s", "n", "of which ninja s (median)",
                             "rest s", "process wall median s"], rows))
     print()

@@ -176,6 +176,7 @@ def main(argv=None) -> int:
     device = f", GPU {info.get('gpu')}" if info.get("gpu") else ""
     print(f"Machine: {info.get('cpu_model', '?')}, {info.get('cpus_usable')} usable cores{device}; Python "
           f"{info.get('python_version')}, torch {info.get('torch')}; {len(rounds)} round(s)\n")
+    print(C.describe_code(info) + "\n")
     rows = []
     for i, g in enumerate(rounds):
         for tag in ("single", "concurrent"):

@@ -134,6 +134,7 @@ def main(argv=None) -> int:
     print(f"Machine: {info.get('cpu_model', '?')}, {info.get('cpus_usable')} usable cores{device}; Python "
           f"{info.get('python_version')}, torch {info.get('torch')}, kernels {info.get('kernels')}; "
           f"bytecode: {args.bytecode}; upstream variant `{variant_name}`; cold build {first['ms'] / 1e3:.1f} s\n")
+    print(C.describe_code(info) + "\n")
     print(C.markdown_table(["variant", "median ms", "min ms", "max ms", "n", "modules imported",
                             "huggingface_hub imported", "op check"], rows))
     print()

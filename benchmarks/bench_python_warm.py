@@ -122,6 +122,7 @@ def main(argv=None) -> int:
     print(f"Machine: {info.get('cpu_model', '?')}, {info.get('cpus_usable')} usable cores; Python "
           f"{info.get('python_version')}, torch {info.get('torch')}, kernels {info.get('kernels')}; "
           f"bytecode: {args.bytecode}\n")
+    print(C.describe_code(info) + "\n")
     print(C.markdown_table(["variant", "median ms", "min ms", "max ms", "n", "modules imported",
                             "huggingface_hub imported"], rows))
     print()

@@ -35,6 +35,12 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'jitkernels' has no attribute {name!r}")
 
 
+def _locked_env() -> bool:
+    import os
+
+    return bool(os.environ.get("JITKERNELS_LOCKFILE"))
+
+
 def load(provider, name: str, *, revision: str | None = None, version: int | None = None,
          backend: str | None = None, trust_remote_code: bool | list[str] = False):
     """Load kernel ``name`` of ``provider`` and return its Python module.
@@ -44,7 +50,7 @@ def load(provider, name: str, *, revision: str | None = None, version: int | Non
     (``cuda`` if a GPU is visible, else ``cpu``). Python kernels are imported
     from source, native ones compiled on first use and cached.
     """
-    if version is None and isinstance(revision, str) and len(revision) in (40, 64):
+    if version is None and isinstance(revision, str) and len(revision) in (40, 64) and not _locked_env():
         from .providers import provider_name
         from .warm import try_load  # a pinned, prepared kernel: one index read, one import
 

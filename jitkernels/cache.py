@@ -96,12 +96,65 @@ def file_lock(key: str, timeout: float = -1):
 
 
 def staging_dir(prefix: str) -> Path:
-    """A fresh private folder on the cache's filesystem, so publication is one rename."""
+    """A fresh private folder on the cache's filesystem, so publication is one rename.
+
+    Its name carries our pid, so :func:`sweep_staging` can remove what a killed process left.
+    """
+    check_owner()
     base = ensure_dir(root() / "staging")
+    sweep_staging(base)
     try:
-        return Path(tempfile.mkdtemp(prefix=prefix + ".", dir=base))
+        return Path(tempfile.mkdtemp(prefix=f"{prefix}.{os.getpid()}.", dir=base))
     except OSError as exc:
         raise cache_error(base, exc) from exc
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def sweep_staging(base: Path) -> None:
+    """Remove staging folders whose process died (SIGKILL, power loss): never published, never loaded."""
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        parts = name.rsplit(".", 2)
+        if len(parts) == 3 and parts[1].isdigit() and int(parts[1]) != os.getpid() and not _alive(int(parts[1])):
+            shutil.rmtree(base / name, ignore_errors=True)
+
+
+_OWNER_CHECKED: set[str] = set()
+
+
+def check_owner(path: Path | None = None) -> None:
+    """Refuse a cache owned by another user: its entries are code we would run.
+
+    Shared caches: make the folder yours (or a group's, with JITKERNELS_SHARED_CACHE=1
+    to accept a folder owned by another user you trust, e.g. a read-only fleet cache).
+    """
+    path = path or root()
+    key = str(path)
+    if key in _OWNER_CHECKED or not hasattr(os, "geteuid"):
+        return
+    try:
+        owner = os.stat(path).st_uid
+    except OSError:
+        return  # not created yet: we will create it, as ours
+    if owner != os.geteuid() and not config.shared_cache_ok():
+        raise CacheError(
+            f"The JitKernels cache {path} belongs to another user (uid {owner}); loading kernels from it "
+            f"would run code they control. Use your own cache (JITKERNELS_CACHE=<your folder>), or set "
+            f"JITKERNELS_SHARED_CACHE=1 if you trust its owner (e.g. a read-only cache shipped to a fleet)."
+        )
+    _OWNER_CHECKED.add(key)
 
 
 def publish(staging: Path, final: Path) -> bool:

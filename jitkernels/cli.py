@@ -81,6 +81,21 @@ def cmd_warmup(args) -> int:
     return 0
 
 
+def cmd_lock(args) -> int:
+    from .lockfile import write_lock
+    from .pipeline import lock_entry
+
+    entries = []
+    for index, name in enumerate(args.names, 1):
+        entry = lock_entry(args.provider, name, revision=args.revision, version=args.version, backend=args.backend)
+        print(f"[{index}/{len(args.names)}] {entry['dependency']['repo-id']}: {entry['lock']['commit'][:12]}, "
+              f"{len(entry['jitkernels']['files'])} files", file=sys.stderr)
+        entries.append(entry)
+    write_lock(args.output, entries)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
 def cmd_cache(args) -> int:
     from . import config
 
@@ -109,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="+")
     _add_target_args(p)
     p.set_defaults(func=cmd_warmup)
+
+    p = sub.add_parser("lock", help="pin kernels to commits and record the sha256 of every source file")
+    p.add_argument("names", nargs="+")
+    _add_target_args(p)
+    p.add_argument("-o", "--output", default="jitkernels.lock", help="lock file to write (jitkernels.lock)")
+    p.set_defaults(func=cmd_lock)
 
     p = sub.add_parser("demo", help="load a bundled example kernel through a local Hub and run it")
     p.add_argument("--no-native", action="store_true", help="skip compiling the example native kernel")

@@ -89,6 +89,11 @@ def cuda_home() -> str | None:
     return None
 
 
+def shared_cache_ok() -> bool:
+    """``JITKERNELS_SHARED_CACHE=1``: accept a cache folder owned by another (trusted) user."""
+    return _flag("JITKERNELS_SHARED_CACHE")
+
+
 def trusted_orgs_extra() -> list[str]:
     """``JITKERNELS_TRUSTED`` adds publishers or repo ids to the trusted set (comma separated)."""
     raw = os.environ.get("JITKERNELS_TRUSTED", "")

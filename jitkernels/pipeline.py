@@ -22,6 +22,7 @@ from .errors import (
     FetchError,
     InvalidKernelNameError,
     KernelNotFoundError,
+    LockfileError,
     MissingPythonDependencyError,
     OfflineError,
     RevisionNotFoundError,
@@ -98,13 +99,14 @@ def _index_record(provider: str, repo_id: str, commit: str, backend: str) -> dic
     return cache.read_json(cache.index_file(provider, repo_id, commit, backend, environment.env_key(backend)))
 
 
-def _warm(provider: str, repo_id: str, commit: str, backend: str, module_name: str | None = None) -> ModuleType | None:
+def _warm(provider: str, repo_id: str, commit: str, backend: str, module_name: str | None = None,
+          digest: str | None = None) -> ModuleType | None:
     key = (str(cache.root()), provider, repo_id, commit, backend)
     module = warm.LOADED.get(key)
-    if module is not None:
+    if module is not None and digest is None:
         return module
     record = _index_record(provider, repo_id, commit, backend)
-    if record is None:
+    if record is None or (digest is not None and record.get("digest") != digest):
         return None
     module = warm.import_entry(record, module_name)
     if module is not None:
@@ -121,6 +123,7 @@ def _write_index(provider: str, repo_ids: set[str], commit: str, backend: str, i
         "entry": str(entry.relative_to(cache.root())),
         "repo_id": inspection.repo_id,
         "strategy": inspection.strategy,
+        "digest": inspection.digest,
     }
     envkey = environment.env_key(backend)
     for repo_id in repo_ids:
@@ -178,7 +181,7 @@ def _complete(inspection: Inspection, source_plan) -> Inspection:
 
 
 def load_snapshot(snapshot: Snapshot, name: str, backend: str, index_ids: set[str] = frozenset(),
-                  module_name: str | None = None) -> ModuleType:
+                  module_name: str | None = None, locked=None) -> ModuleType:
     """Plan, prepare (or build) and import a kernel from a resolved snapshot.
 
     ``module_name`` (default: the unique ``_<python_name>_<backend>_<digest>``)
@@ -192,6 +195,12 @@ def load_snapshot(snapshot: Snapshot, name: str, backend: str, index_ids: set[st
             inspection,
         )
     _check_python_depends(inspection)
+    if locked is not None:
+        from .lockfile import file_hashes, verify
+        from .prepare import fetch_inputs
+
+        root, files = fetch_inputs(source_plan)
+        verify(locked, file_hashes(root, files, strip=source_plan.root))
     if inspection.strategy == PYTHON:
         from .prepare import prepare_python
 
@@ -218,12 +227,17 @@ def load_kernel(provider, name: str, *, revision=None, version=None, backend=Non
     rev = revision_for(revision, version)
     backend = _backend(backend)
     with _LOCK:
-        module = warm.try_load(prov.name, name, rev, backend, module_name)
-        if module is not None:
-            return module
+        locked = _locked(prov, ref, rev)
+        if locked is not None:
+            rev = locked.commit
+        else:
+            module = warm.try_load(prov.name, name, rev, backend, module_name)
+            if module is not None:
+                return module
         local = local_override(ref)
         if local is None and is_commit(rev):
-            module = _warm(prov.name, ref.repo_id, rev, backend, module_name)
+            module = _warm(prov.name, ref.repo_id, rev, backend, module_name,
+                           digest=locked.digest if locked is not None else None)
             if module is not None:
                 return module
         if local is not None:
@@ -235,12 +249,68 @@ def load_kernel(provider, name: str, *, revision=None, version=None, backend=Non
             if module is not None:
                 return module
             raise
-        module = _warm(prov.name, ref.repo_id, snapshot.commit, backend, module_name)
+        module = _warm(prov.name, ref.repo_id, snapshot.commit, backend, module_name,
+                       digest=locked.digest if locked is not None else None)
         if module is not None:
             return module
-        module = load_snapshot(snapshot, name, backend, index_ids={ref.repo_id}, module_name=module_name)
+        module = load_snapshot(snapshot, name, backend, index_ids={ref.repo_id}, module_name=module_name,
+                               locked=locked)
         warm.LOADED[(str(cache.root()), prov.name, ref.repo_id, snapshot.commit, backend)] = module
         return module
+
+
+def _locked(prov, ref: KernelRef, rev: str | None):
+    """The lock-file entry for ``ref`` (``JITKERNELS_LOCKFILE``), checked against the asked revision."""
+    from .lockfile import active_lock, lockfile_path
+
+    lock = active_lock()
+    if not lock:
+        return None
+    locked = lock.get(ref.repo_id) or next(
+        (lock[c.repo_id] for c in prov.candidates(ref) if c.repo_id in lock), None)
+    if locked is None:
+        return None
+    if is_commit(rev) and rev != locked.commit:
+        raise LockfileError(
+            f"{ref.repo_id}: revision {rev[:12]} was asked but the lock file {lockfile_path()} pins "
+            f"{locked.commit[:12]}. Update the lock (`jitkernels lock`) or ask for the locked commit."
+        )
+    return locked
+
+
+def lock_entry(provider, name: str, *, revision=None, version=None, backend=None) -> dict:
+    """One ``jitkernels.lock`` entry: the resolved commit and the sha256 of every input file."""
+    from .lockfile import file_hashes
+    from .prepare import fetch_inputs
+
+    prov = get_provider(provider)
+    ref = prov.parse_name(name)
+    rev = revision_for(revision, version)
+    backend = _backend(backend)
+    snapshot = _snapshot_for(prov, ref, rev, trust_remote_code=True)
+    if snapshot.commit is None:
+        raise InvalidKernelNameError(f"{name} is served from a local folder ({snapshot.location}); it cannot be locked.")
+    inspection, source_plan = _plan(snapshot, name, backend)
+    if source_plan is None:
+        raise UnsupportedKernelError(f"Cannot lock {inspection.repo_id} for {backend}: {inspection.detail}", inspection)
+    inspection = _complete(inspection, source_plan)
+    root, files = fetch_inputs(source_plan)
+    dependency = {"repo-id": inspection.repo_id}
+    if version is not None:
+        dependency["version"] = version
+    else:
+        dependency["revision"] = rev or snapshot.requested or inspection.revision
+    return {
+        "dependency": dependency,
+        "lock": {"commit": inspection.revision},
+        "jitkernels": {
+            "provider": inspection.provider,
+            "backend": backend,
+            "strategy": inspection.strategy,
+            "digest": inspection.digest,
+            "files": file_hashes(root, files, strip=source_plan.root),
+        },
+    }
 
 
 def _fallback_last_resolved(prov, ref: KernelRef, rev: str | None, backend: str, exc: Exception,

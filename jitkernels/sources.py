@@ -21,7 +21,9 @@ _SKIP_DIRS = {".git", "__pycache__", ".pytest_cache", ".mypy_cache", "result"}
 
 
 def _walk(root: Path) -> list[str]:
+    """Every file under ``root``; a symlink that leads outside ``root`` is refused."""
     files = []
+    real_root = os.path.realpath(root)
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
         rel = os.path.relpath(dirpath, root)
@@ -29,6 +31,14 @@ def _walk(root: Path) -> list[str]:
             if name.endswith(".pyc") or name == ".jitkernels-complete":
                 continue
             path = name if rel == "." else f"{rel}/{name}".replace(os.sep, "/")
+            full = os.path.join(dirpath, name)
+            if os.path.islink(full):
+                target = os.path.realpath(full)
+                if os.path.commonpath([real_root, target]) != real_root:
+                    raise BuildConfigError(
+                        f"{root}: {path} is a symlink to {target}, outside the kernel folder; "
+                        f"JitKernels only reads files inside it."
+                    )
             files.append(path)
     return files
 

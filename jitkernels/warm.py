@@ -73,6 +73,9 @@ def try_load(provider: str, name: str, revision: str | None, backend: str | None
     """The module for a pinned, already prepared kernel, or None (the caller takes the full pipeline)."""
     if not revision or not _COMMIT_RE.match(revision) or config.local_kernels_spec():
         return None
+    from .cache import check_owner
+
+    check_owner()
     if not isinstance(name, str):
         return None
     if backend is None:

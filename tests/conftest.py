@@ -131,8 +131,10 @@ def hub(tmp_path_factory):
     )
     for name in ("cutlass-gemm", "bad-toml", "missing-src"):
         server.add_repo(f"kernels-test/{name}", {"main": tree(FIXTURES / name)})
+    server.add_repo("some-user/rms-norm", {"main": tree(EXAMPLES / "rms-norm")})
     for org in ("kernels-community", "jitkernels-examples", "kernels-test"):
         server.set_org(org, trusted=True)
+    server.set_org("some-user", trusted=False)
     server.git_url, server.git_commit = url, commit
     with server:
         yield server

@@ -32,6 +32,8 @@ from ..log import warning_once
 from .base import KernelRef, Provider, Snapshot, is_commit
 
 _PART_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
+#: The kernel part also becomes a Python package name (``-`` -> ``_``), so no dots and a letter first.
+_KERNEL_RE = re.compile(r"^[A-Za-z](?:[A-Za-z0-9_-]{0,94}[A-Za-z0-9])?$")
 _REPO_TYPES = ("kernel", "model")
 
 #: Publishers trusted without asking the Hub (upstream also trusts any organisation
@@ -40,11 +42,12 @@ DEFAULT_TRUSTED = frozenset({"kernels-community"})
 _VERSION_BRANCH_RE = re.compile(r"^v(\d+)$")
 
 
-def _check_part(part: str, name: str) -> str:
-    if not _PART_RE.match(part) or ".." in part:
+def _check_part(part: str, name: str, kernel: bool = False) -> str:
+    if not (_KERNEL_RE if kernel else _PART_RE).match(part) or ".." in part:
         raise InvalidKernelNameError(
-            f"Invalid kernel name {name!r}: {part!r} must be letters, digits, '-', '_' or '.', "
-            f"starting and ending with a letter or digit (e.g. 'activation' or 'kernels-community/activation')."
+            f"Invalid kernel name {name!r}: {part!r} must be letters, digits, '-' or '_' (and '.' in the "
+            f"organisation), starting with a letter (e.g. 'activation' or 'kernels-community/activation'), "
+            f"since it becomes a Python package name."
         )
     return part
 
@@ -100,11 +103,11 @@ class HfKernelsProvider(Provider):
         name = name.strip()
         parts = name.split("/")
         if len(parts) == 1:
-            _check_part(parts[0], name)
+            _check_part(parts[0], name, kernel=True)
             return KernelRef(self.name, f"{config.hf_default_org()}/{parts[0].replace('_', '-')}")
         if len(parts) == 2:
             _check_part(parts[0], name)
-            _check_part(parts[1], name)
+            _check_part(parts[1], name, kernel=True)
             return KernelRef(self.name, name)
         raise InvalidKernelNameError(
             f"Invalid kernel name {name!r}: use a bare name ('activation') or 'org/name'."

@@ -41,6 +41,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -109,6 +110,9 @@ class FakeHub:
         self._down = self._started = False
         self.endpoint: str = ""
         self.requests: list[tuple[str, str]] = []
+        #: File paths whose download sends half the bytes, then waits while the path stays here
+        #: (at most 60 s): lets a test kill a client in the middle of a download.
+        self.stall: set[str] = set()
 
     # -- content ------------------------------------------------------------------------
     def add_repo(
@@ -236,12 +240,21 @@ class FakeHub:
                     headers["X-Error-Code"] = err.code
                 if err.commit:
                     headers["X-Repo-Commit"] = err.commit
+        file_path = headers.pop("X-JK-Path", None)
         try:
             h.send_response(status)
             for key, value in {**headers, "Content-Length": str(len(body))}.items():
                 h.send_header(key, value)
             h.end_headers()
             if method != "HEAD":
+                if file_path is not None and file_path in self.stall:
+                    half = len(body) // 2
+                    h.wfile.write(body[:half])
+                    h.wfile.flush()
+                    deadline = time.monotonic() + 60
+                    while file_path in self.stall and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    body = body[half:]
                 h.wfile.write(body)
         except OSError:
             pass  # the client went away
@@ -298,7 +311,7 @@ class FakeHub:
                 if method == "GET":
                     self._downloads.append(path)
                 return 200, {"Content-Type": "application/octet-stream", "X-Repo-Commit": sha,
-                             "ETag": f'"{_oid("blob", content)}"'}, content
+                             "ETag": f'"{_oid("blob", content)}"', "X-JK-Path": path}, content
         raise _HubError(None, f"Not found: {method} {url.path}")
 
 
