@@ -57,6 +57,10 @@ def child_code(repo_id: str, sha: str, backend: str, kernel: str) -> str:
     return C.timed_child_code(body, check, setup=setup, result=result)
 
 
+def code_is_startup(results: list[dict]) -> bool:
+    return bool(results) and all("module" not in r for r in results)
+
+
 def cxx_wrapper(folder: Path) -> Path:
     real = shutil.which(os.environ.get("CXX", "c++"))
     if not real:
@@ -113,8 +117,11 @@ def run_case(args, work: Path, tag: str, procs: int, code: str, endpoint: str, w
         "entries": published,
         "ok": len(results),
         "all_ok": not failures and len(results) == procs and all(r.get("ops_registered") for r in results),
+        "startup_only": code_is_startup(results),
         "op_checked": all(r.get("op_checked") for r in results) if results else False,
         "load_ms": [round(r["ms"], 1) for r in results],
+        "load_phase_ms": ((max(r["epoch_ready"] for r in results) - min(r["epoch_start"] for r in results)) * 1e3
+                          if results and all("epoch_start" in r for r in results) else None),
         "process_wall_ms": [round(r["wall_ms"], 1) for r in results],
         "failures": failures,
     }
@@ -127,6 +134,8 @@ def main(argv=None) -> int:
     parser.add_argument("-n", "--procs", type=int, default=8, help="concurrent processes (default 8)")
     parser.add_argument("--kernel", default=None, help="kernels-community kernel (default relu; activation on cuda)")
     parser.add_argument("--backend", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--no-startup", action="store_true",
+                        help="skip the reference cases that only start 1 and N processes importing torch")
     args = parser.parse_args(argv)
     args.kernel = args.kernel or ("activation" if args.backend == "cuda" else "relu")
 
@@ -141,16 +150,20 @@ def main(argv=None) -> int:
         wrapper = cxx_wrapper(work)
         hub, endpoint, sha = C.fake_hub(folder, repo_id)
         code = child_code(repo_id, sha, args.backend, args.kernel)
+        startup = C.timed_child_code("pass", result="R['epoch_start'] = R['epoch_ready'] = time.time()")
         try:
             for r in range(args.warmup + args.repeats):
                 cases = [("single", 1), ("concurrent", args.procs)]
                 if r % 2:
                     cases.reverse()
                 got = {}
+                if not args.no_startup:
+                    cases += [("startup-1", 1), (f"startup-{args.procs}", args.procs)]
                 for tag, procs in cases:
                     print(f"  round {r + 1}: {tag} ({procs} process{'es' if procs > 1 else ''}) ...",
                           file=sys.stderr, flush=True)
-                    got[tag] = run_case(args, work, f"r{r}-{tag}", procs, code, endpoint, wrapper)
+                    got[tag] = run_case(args, work, f"r{r}-{tag}", procs,
+                                        startup if tag.startswith("startup") else code, endpoint, wrapper)
                     print(f"    wall {got[tag]['wall_ms'] / 1e3:.1f} s, builds logged {got[tag]['built_log_lines']}, "
                           f"link steps {got[tag]['link_steps']}, ok {got[tag]['ok']}/{procs}", file=sys.stderr)
                     for failure in got[tag]["failures"]:
@@ -179,25 +192,44 @@ def main(argv=None) -> int:
     print(C.describe_code(info) + "\n")
     rows = []
     for i, g in enumerate(rounds):
-        for tag in ("single", "concurrent"):
-            c = g[tag]
+        for tag, c in g.items():
+            if c["startup_only"]:
+                rows.append([str(i + 1), tag + " (python + import torch only)", str(c["procs"]),
+                             C.fmt(c["wall_ms"] / 1e3, 1), "-", "-", "-", "-", "-", f"{c['ok']}/{c['procs']}", "-", "-"])
+                continue
             rows.append([str(i + 1), tag, str(c["procs"]), C.fmt(c["wall_ms"] / 1e3, 1), str(c["built_log_lines"]),
                          str(c["link_steps"]), str(c["compiler_calls"]), str(len(c["entries"])),
                          str(c["waiting_log_lines"]), f"{c['ok']}/{c['procs']}" + (" (op checked)" if c["op_checked"] else ""),
                          f"{min(c['load_ms']) / 1e3:.1f} / {statistics.median(c['load_ms']) / 1e3:.1f} / "
-                         f"{max(c['load_ms']) / 1e3:.1f}" if c["load_ms"] else "-"])
+                         f"{max(c['load_ms']) / 1e3:.1f}" if c["load_ms"] else "-",
+                         C.fmt(c["load_phase_ms"] / 1e3, 1) if c.get("load_phase_ms") else "-"])
     print(C.markdown_table(["round", "case", "procs", "total wall s", "builds (log)", "builds (link steps)",
                             "compiler calls", "cache entries", "waited (log)", "working modules",
-                            "load s min/median/max"], rows))
+                            "load s min/median/max", "load phase s"], rows))
     print()
-    print(C.markdown_table(["ratio", "value"], [["concurrent wall / single build wall (median)", C.fmt(ratio)]]))
+    ratio_rows = [["concurrent wall / single build wall (median)", C.fmt(ratio)]]
+    startup_extra = None
+    if not args.no_startup:
+        s1 = statistics.median(g["startup-1"]["wall_ms"] for g in rounds)
+        sn = statistics.median(g[f"startup-{args.procs}"]["wall_ms"] for g in rounds)
+        startup_extra = sn - s1
+        ratio_rows.append([f"extra wall of starting {args.procs} instead of 1 python+torch processes (s)",
+                           C.fmt(startup_extra / 1e3, 1)])
+        ratio_rows.append(["(concurrent wall - that extra) / single build wall",
+                           C.fmt((conc_med - startup_extra) / single_med)])
+    phases = [g["concurrent"]["load_phase_ms"] for g in rounds if g["concurrent"].get("load_phase_ms")]
+    singles = [g["single"]["load_ms"][0] for g in rounds if g["single"]["load_ms"]]
+    if phases and singles:
+        ratio_rows.append(["concurrent load phase (first start after import torch -> last ready) / single load",
+                           C.fmt(statistics.median(phases) / statistics.median(singles))])
+    print(C.markdown_table(["ratio", "value"], ratio_rows))
     print()
     print(C.markdown_table(["target", "result"], [[t, C.verdict(ok)] for t, ok in targets.items()]))
     C.write_json(args.json, {
         "benchmark": "concurrent", "kernel": repo_id, "commit": sha, "backend": args.backend,
         "machine": info, "args": vars(args), "rounds": rounds,
         "single_wall_ms_median": single_med, "concurrent_wall_ms_median": conc_med,
-        "ratio_concurrent_over_single": ratio, "targets": targets,
+        "ratio_concurrent_over_single": ratio, "startup_extra_ms": startup_extra, "targets": targets,
     })
     return 0
 
