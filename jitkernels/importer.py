@@ -23,6 +23,14 @@ def import_package(module_name: str, package_dir: Path, what: str) -> ModuleType
     existing = sys.modules.get(module_name)
     if existing is not None and getattr(existing, "__file__", None) == str(init):
         return existing
+    if existing is not None and any(package_dir.glob(module_name + ".*so")):
+        # A native library registers torch.ops.<module_name> once per process; a second
+        # build of the same extension cannot be loaded next to the first.
+        raise KernelImportError(
+            f"{what}: {module_name} is already loaded in this process from "
+            f"{getattr(existing, '__file__', '?')}; another build of it ({package_dir}) cannot be loaded "
+            f"next to it (its torch ops are registered once per process). Restart the process to switch."
+        )
     if existing is not None:  # another package under this name: drop it and its submodules
         for name in [n for n in sys.modules if n == module_name or n.startswith(module_name + ".")]:
             del sys.modules[name]

@@ -246,9 +246,16 @@ def test_sigkill_during_native_build_then_load_completes(tmp_path):
         if child.poll() is None:
             child.kill()
     assert not _entry_dirs(root, "_scaled_add_cpu_")  # nothing half-built was published
-    k = jitkernels.load_local(EXAMPLES / "scaled-add", backend="cpu")  # no stale lock to wait on
-    x = torch.randn(64)
-    torch.testing.assert_close(k.scaled_add(x, x, 1.0), 2 * x)
+    # A new process (this one may hold another build of the extension): no stale lock to wait on.
+    code = (
+        "import torch, jitkernels\n"
+        f"k = jitkernels.load_local({str(EXAMPLES / 'scaled-add')!r}, backend='cpu')\n"
+        "x = torch.randn(64)\n"
+        "assert torch.allclose(k.scaled_add(x, x, 1.0), 2 * x)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert _entry_dirs(root, "_scaled_add_cpu_")
     leftovers = [p.name for p in (root / "staging").iterdir()]
     assert leftovers == [], leftovers  # the killed build's staging folder was swept
 

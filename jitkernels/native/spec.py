@@ -45,7 +45,10 @@ class BuildSpec:
     toolchain: tuple[tuple[str, str], ...]
 
     def key(self) -> str:
-        data = json.dumps(asdict(self), sort_keys=True, default=list)
+        """The cache key: everything that changes the built library (not the label ``kernel``)."""
+        fields = asdict(self)
+        fields.pop("kernel")
+        data = json.dumps(fields, sort_keys=True, default=list)
         return hashlib.sha256(f"{config.RECIPE_VERSION}|{data}".encode()).hexdigest()
 
     def describe(self) -> str:
