@@ -149,14 +149,20 @@ def _plan(snapshot: Snapshot, name: str, backend: str):
     return plan(snapshot, name, backend, _toolchain(backend), ignore_bounds=config.ignore_toolchain_bounds())
 
 
-def inspect_kernel(provider, name: str, *, revision=None, version=None, backend=None) -> Inspection:
-    """Decide what would happen, fetching only small source files (never a binary, never a build)."""
+def _planned(provider, name: str, revision, version, backend):
+    """Resolve and plan without loading (inspection runs no kernel code, so no trust check)."""
     prov = get_provider(provider)
     ref = prov.parse_name(name)
     rev = revision_for(revision, version)
     backend = _backend(backend)
     snapshot = _snapshot_for(prov, ref, rev, trust_remote_code=True)
     inspection, source_plan = _plan(snapshot, name, backend)
+    return snapshot, rev, backend, inspection, source_plan
+
+
+def inspect_kernel(provider, name: str, *, revision=None, version=None, backend=None) -> Inspection:
+    """Decide what would happen, fetching only small source files (never a binary, never a build)."""
+    _snapshot, _rev, _backend_, inspection, source_plan = _planned(provider, name, revision, version, backend)
     if source_plan is not None:
         inspection = _complete(inspection, source_plan)
     return inspection
@@ -283,14 +289,9 @@ def lock_entry(provider, name: str, *, revision=None, version=None, backend=None
     from .lockfile import file_hashes
     from .prepare import fetch_inputs
 
-    prov = get_provider(provider)
-    ref = prov.parse_name(name)
-    rev = revision_for(revision, version)
-    backend = _backend(backend)
-    snapshot = _snapshot_for(prov, ref, rev, trust_remote_code=True)
+    snapshot, rev, backend, inspection, source_plan = _planned(provider, name, revision, version, backend)
     if snapshot.commit is None:
         raise InvalidKernelNameError(f"{name} is served from a local folder ({snapshot.location}); it cannot be locked.")
-    inspection, source_plan = _plan(snapshot, name, backend)
     if source_plan is None:
         raise UnsupportedKernelError(f"Cannot lock {inspection.repo_id} for {backend}: {inspection.detail}", inspection)
     inspection = _complete(inspection, source_plan)
