@@ -322,7 +322,7 @@ def code_state() -> dict:
     state: dict = {"measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     try:
         state["git_head"] = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
-                                           capture_output=True, text=True, timeout=30).stdout.strip()
+                                           capture_output=True, text=True, timeout=30).stdout.strip() or "?"
         dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "jitkernels"],
                                capture_output=True, text=True, timeout=30).stdout.strip()
         state["jitkernels_uncommitted_changes"] = bool(dirty)

@@ -92,6 +92,20 @@ def bare_flags(build: dict, backend: str, section_cxx: list[str], section_cuda: 
     return cflags, cuda, ldflags
 
 
+def collect_commands(work) -> dict:
+    """The compiler commands of round 1: cpp_extension's build.ninja and jitkernels' verbose build log."""
+    out: dict = {}
+    ninja = work / "bare" / "r0" / "build.ninja"
+    if ninja.is_file():
+        out["bare_build_ninja"] = ninja.read_text()
+    for log in sorted((work / "jk").glob("local-r0/cache/logs/*.log")):
+        lines = log.read_text(errors="replace").splitlines()
+        out["jitkernels_build_log"] = "\n".join(line for line in lines if not line.startswith("In file included"))[:20000]
+        out["jitkernels_commands"] = [line.split("] ", 1)[1] for line in lines
+                                      if line.startswith("[") and "] " in line and (" -c " in line or " -shared" in line)]
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -102,6 +116,8 @@ def main(argv=None) -> int:
     parser.add_argument("--full-arch-list", default=C.KERNEL_BUILDER_CUDA13_ARCHS,
                         help="TORCH_CUDA_ARCH_LIST of the jitkernels_all_archs variant (kernel-builder's CUDA 13 list)")
     parser.add_argument("--no-all-archs", action="store_true", help="skip the jitkernels_all_archs variant on cuda")
+    parser.add_argument("--show-commands", action="store_true",
+                        help="print the compiler commands of both builds (first round); they always go to the JSON")
     args = parser.parse_args(argv)
     args.kernel = args.kernel or ("activation" if args.backend == "cuda" else "relu")
 
@@ -147,8 +163,10 @@ def main(argv=None) -> int:
         def jk(arch_list: str | None, tag: str):
             def make(r: int):
                 base = work / "jk" / f"{tag}-r{r}"
+                # JITKERNELS_VERBOSE=1 only makes ninja echo each command into the build log (kept for
+                # comparing flags with the bare build); it does not change what is compiled.
                 env = C.child_env(args, work, JITKERNELS_CACHE=base / "cache", HF_HOME=base / "hf",
-                                  HF_ENDPOINT=endpoint, TORCH_CUDA_ARCH_LIST=arch_list)
+                                  HF_ENDPOINT=endpoint, TORCH_CUDA_ARCH_LIST=arch_list, JITKERNELS_VERBOSE=1)
                 body = (f"import jitkernels\nmod = jitkernels.load('hf', {repo_id!r}, revision={sha!r}, "
                         f"backend={args.backend!r})")
                 check = C.op_check_code(args.kernel, None, args.backend, namespace_expr="mod.__name__")
@@ -164,6 +182,7 @@ def main(argv=None) -> int:
             samples = C.interleaved(args, variants, work)
         finally:
             hub.stop()
+        commands = collect_commands(work)
     summary = C.summarize(samples)
     walls = C.summarize(samples, key="wall_ms")
 
@@ -203,7 +222,14 @@ def main(argv=None) -> int:
     print(C.markdown_table(["ratio", "median", "min"], ratio_rows))
     print()
     print(C.markdown_table(["target", "result"], [[t, C.verdict(ok)] for t, ok in targets.items()]))
+    if args.show_commands:
+        print("\n### Compiler commands, round 1\n\nbare (cpp_extension build.ninja):\n```")
+        print(commands.get("bare_build_ninja", "(not found)").strip())
+        print("```\n\njitkernels (ninja -v):\n```")
+        print("\n".join(commands.get("jitkernels_commands", ["(not found)"])))
+        print("```")
     C.write_json(args.json, {
+        "commands": commands,
         "benchmark": "cold_build", "kernel": repo_id, "commit": sha, "backend": args.backend,
         "sources": sources, "bare_flags": {"cflags": cflags, "cuda_cflags": cuda_flags, "ldflags": ldflags,
                                            "arch_list": bare_arch},

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import *  # noqa: F401,F403  (light: no third-party imports)
-from .errors import JitKernelsError
-
 __all__ = [
     "KernelProvider",
     "load",
@@ -27,11 +24,16 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # KernelProvider lives with the provider registry; resolve it lazily (PEP 562).
+    # Resolved lazily (PEP 562) so the warm path imports neither the registry nor the errors.
     if name == "KernelProvider":
         from .providers import KernelProvider
 
         return KernelProvider
+    if name.endswith("Error"):
+        from . import errors
+
+        if hasattr(errors, name):
+            return getattr(errors, name)
     raise AttributeError(f"module 'jitkernels' has no attribute {name!r}")
 
 
@@ -51,10 +53,9 @@ def load(provider, name: str, *, revision: str | None = None, version: int | Non
     from source, native ones compiled on first use and cached.
     """
     if version is None and isinstance(revision, str) and len(revision) in (40, 64) and not _locked_env():
-        from .providers import provider_name
         from .warm import try_load  # a pinned, prepared kernel: one index read, one import
 
-        module = try_load(provider_name(provider), name, revision, backend)
+        module = try_load(provider, name, revision, backend)
         if module is not None:
             return module
     from .pipeline import load_kernel

@@ -100,6 +100,8 @@ def staging_dir(prefix: str) -> Path:
 
     Its name carries our pid, so :func:`sweep_staging` can remove what a killed process left.
     """
+    from .entries import check_owner
+
     check_owner()
     base = ensure_dir(root() / "staging")
     sweep_staging(base)
@@ -129,32 +131,6 @@ def sweep_staging(base: Path) -> None:
         parts = name.rsplit(".", 2)
         if len(parts) == 3 and parts[1].isdigit() and int(parts[1]) != os.getpid() and not _alive(int(parts[1])):
             shutil.rmtree(base / name, ignore_errors=True)
-
-
-_OWNER_CHECKED: set[str] = set()
-
-
-def check_owner(path: Path | None = None) -> None:
-    """Refuse a cache owned by another user: its entries are code we would run.
-
-    Shared caches: make the folder yours (or a group's, with JITKERNELS_SHARED_CACHE=1
-    to accept a folder owned by another user you trust, e.g. a read-only fleet cache).
-    """
-    path = path or root()
-    key = str(path)
-    if key in _OWNER_CHECKED or not hasattr(os, "geteuid"):
-        return
-    try:
-        owner = os.stat(path).st_uid
-    except OSError:
-        return  # not created yet: we will create it, as ours
-    if owner != os.geteuid() and not config.shared_cache_ok():
-        raise CacheError(
-            f"The JitKernels cache {path} belongs to another user (uid {owner}); loading kernels from it "
-            f"would run code they control. Use your own cache (JITKERNELS_CACHE=<your folder>), or set "
-            f"JITKERNELS_SHARED_CACHE=1 if you trust its owner (e.g. a read-only cache shipped to a fleet)."
-        )
-    _OWNER_CHECKED.add(key)
 
 
 def publish(staging: Path, final: Path) -> bool:

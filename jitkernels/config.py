@@ -15,6 +15,14 @@ RECIPE_VERSION = "1"
 
 DEFAULT_HF_ORG = "kernels-community"
 
+#: Aliases of the providers shipped with JitKernels (the registry in jitkernels.providers uses them).
+BUILTIN_PROVIDER_ALIASES = {
+    "hf_kernels": "hf_kernels",
+    "hf": "hf_kernels",
+    "hf-kernels": "hf_kernels",
+    "huggingface": "hf_kernels",
+}
+
 
 def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")

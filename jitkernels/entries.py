@@ -1,6 +1,8 @@
-"""Published cache entries: their manifest, the cheap integrity rule, and discarding damaged ones.
+"""Published cache entries: writing their manifest (with the user's umask) and discarding damaged ones.
 
-Kept free of heavy imports: the warm path uses :func:`check_entry` on every load.
+The per-load checks (:func:`check_entry`, :func:`check_owner`) live in
+:mod:`jitkernels.warm`, which the warm path imports alone; they are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import shutil
 import time
 from pathlib import Path
 
-from . import cache, config
+from . import config
+from .warm import MANIFEST, check_entry, check_owner  # noqa: F401  (re-exported)
 
-MANIFEST = "manifest.json"
 
 
 def write_manifest(entry: Path, inspection, extra: dict | None = None) -> None:
@@ -37,6 +39,13 @@ def write_manifest(entry: Path, inspection, extra: dict | None = None) -> None:
     _apply_umask(entry)
 
 
+def precompile(staging: Path, final: Path) -> None:
+    """Write the package's bytecode now (named as at ``final``): first loads and read-only caches stay fast."""
+    import compileall
+
+    compileall.compile_dir(str(staging), ddir=str(final), quiet=2, force=True)
+
+
 def _apply_umask(folder: Path) -> None:
     """mkdtemp/mkstemp make private (0700/0600) items; published entries get the user's umask instead."""
     mask = os.umask(0)
@@ -49,35 +58,10 @@ def _apply_umask(folder: Path) -> None:
             pass
 
 
-def check_entry(entry: Path, full: bool = False) -> str | None:
-    """``None`` if the published entry is intact, else what is wrong.
-
-    The cheap rule, run on every load: the manifest exists and every file it
-    lists has the recorded size (one ``stat`` per file, nothing read). With
-    ``full=True`` every file is also re-hashed (``jitkernels verify``).
-    """
-    manifest_path = entry / MANIFEST
-    try:
-        manifest = json.loads(manifest_path.read_bytes())
-        files = manifest["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"{manifest_path} is missing or unreadable"
-    for rel, size in files.items():
-        try:
-            actual = os.stat(entry / rel).st_size
-        except OSError:
-            return f"{rel} is missing"
-        if actual != size:
-            return f"{rel} is {actual} bytes, the manifest says {size}"
-    if full:
-        for rel, digest in manifest.get("sha256", {}).items():
-            if hashlib.sha256((entry / rel).read_bytes()).hexdigest() != digest:
-                return f"{rel} does not match its recorded sha256"
-    return None
-
-
 def discard_entry(entry: Path) -> None:
     """Move a damaged entry out of the way (one rename) and delete it."""
+    from . import cache
+
     try:
         trash = cache.staging_dir("discarded")
         os.replace(entry, trash / "entry")

@@ -19,7 +19,7 @@ import subprocess
 import sys
 from functools import lru_cache
 
-from . import cache, config
+from . import config
 
 
 def _torch():
@@ -122,6 +122,8 @@ def gpu_facts() -> dict:
         return {"backend": "cpu", "archs": []}
     if torch.version.cuda is not None and torch.cuda.is_initialized():
         return _detect_gpus()
+    from . import cache
+
     memo = cache.root() / "machine" / f"{_machine_key()}.json"
     facts = cache.read_json(memo)
     if facts is None or "backend" not in facts:
@@ -193,18 +195,4 @@ def nvcc_version() -> str | None:
     return _nvcc_version_for(cuda_home())
 
 
-def env_key(backend: str) -> str:
-    """A short key for everything a prepared entry depends on besides its sources (the warm index key)."""
-    torch = _torch()
-    parts = [
-        config.RECIPE_VERSION,
-        backend,
-        torch.__version__,
-        str(torch.version.cuda),
-        python_abi_tag(),
-        platform_tag(),
-    ]
-    if backend == "cuda":
-        parts.append(",".join(cuda_archs()))
-        parts.append(config.cuda_home() or "")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+from .warm import env_key  # noqa: E402,F401  (the warm index key lives with the warm path)

@@ -28,7 +28,7 @@ from .errors import (
     RevisionNotFoundError,
     UnsupportedKernelError,
 )
-from .importer import import_package
+from .warm import import_package
 from .inspection import NATIVE_JIT, PYTHON, UNSUPPORTED, Inspection, Toolchain
 from .log import warning_once
 from .providers import KernelProvider, get_provider

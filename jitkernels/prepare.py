@@ -17,7 +17,7 @@ from . import cache, config
 from .inspection import Inspection
 from .planning import SourcePlan, digest_files
 
-from .entries import MANIFEST, check_entry, discard_entry, write_manifest  # noqa: F401
+from .entries import MANIFEST, check_entry, discard_entry, precompile, write_manifest  # noqa: F401
 
 
 def module_name_for(python_name: str, backend: str, digest: str) -> str:
@@ -91,6 +91,7 @@ def prepare_python(inspection: Inspection, plan: SourcePlan) -> tuple[Inspection
             if not (package / "_ops.py").exists():
                 (package / "_ops.py").write_text(ops_py(name, import_library=False))
             write_manifest(staging, inspection)
+            precompile(staging, entry)
             if entry.exists():  # damaged, or a leftover without manifest: replace it
                 discard_entry(entry)
             cache.publish(staging, entry)

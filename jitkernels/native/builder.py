@@ -33,6 +33,7 @@ from ..prepare import (
     check_entry,
     discard_entry,
     fetch_inputs,
+    precompile,
     module_name_for,
     ops_py,
     stage_package,
@@ -110,6 +111,7 @@ def _build_and_publish(inspection, plan, spec, root, files, entry) -> None:
         stage_package(plan, root, package, native=True)
         (package / "_ops.py").write_text(ops_py(spec.extension_name, import_library=True))
         write_manifest(out, inspection, {"build_key": spec.key(), "spec": spec.describe()})
+        precompile(out, entry)
         cache.publish(out, entry)
     except OSError as exc:
         raise cache.cache_error(staging, exc) from exc

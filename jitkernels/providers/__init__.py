@@ -10,6 +10,7 @@ import enum
 import importlib
 from typing import Callable
 
+from .. import config
 from ..errors import UnknownProviderError
 
 _BASE_NAMES = ("KernelRef", "Provider", "Snapshot", "is_commit")
@@ -56,7 +57,8 @@ def _lazy(module: str, attr: str) -> Callable[[], Provider]:
 register_provider(
     KernelProvider.HF_KERNELS.value,
     _lazy(".hf", "HfKernelsProvider"),
-    aliases=("hf", "hf-kernels", "huggingface", "KernelProvider.HF_KERNELS"),
+    aliases=(*(a for a, v in config.BUILTIN_PROVIDER_ALIASES.items() if v == "hf_kernels"),
+             "KernelProvider.HF_KERNELS"),
 )
 
 
