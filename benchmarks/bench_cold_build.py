@@ -5,7 +5,8 @@ Kernel: kernels-community ``relu`` on CPU by default; on the GPU machine use
 ``import torch`` until the module is loaded (the process's whole wall time is reported too):
 
 * ``bare``       -- ``torch.utils.cpp_extension.load(name, sources=<the [torch] and [kernel.*] C++/CUDA
-  sources of build.toml for the backend>, extra_include_paths=<their include dirs + a temp dir holding
+  sources of build.toml for the backend, in a copy of the kernel folder in the work folder>,
+  extra_include_paths=<their include dirs + a temp dir holding
   jitkernels.native.codegen.REGISTRATION_H>, build_directory=<fresh temp dir>)`` with kernel-builder-like
   flags (``-O3 -DNDEBUG -D<BACKEND>_KERNEL``; for CUDA also ``--expt-extended-lambda -DENABLE_FP8``, the
   ``__CUDA_NO_HALF*`` defines undone, and ``TORCH_TARGET_VERSION`` for stable-ABI kernels).
@@ -34,6 +35,9 @@ cpp_extension, the usable cores for jitkernels).
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import statistics
 import sys
 
 import _common as C
@@ -125,16 +129,19 @@ def main(argv=None) -> int:
     build = C.read_build_toml(folder)
     name = build["general"]["name"]
     repo_id = (build["general"].get("hub") or {}).get("repo-id") or f"kernels-community/{name}"
-    sources, includes, section_cxx, section_cuda = C.cpp_sources(folder, build, args.backend)
-    if not sources:
-        sys.exit(f"{name}: no C++/CUDA sources for {args.backend}")
-    cflags, cuda_flags, ldflags = bare_flags(build, args.backend, section_cxx, section_cuda)
-
     sys.path.insert(0, str(C.REPO_ROOT))
     from jitkernels.native.codegen import REGISTRATION_H
 
     with C.Workdir(args, "jk-bench-cold-") as work:
         log = print
+        # The bare build compiles a copy in the work folder, as jitkernels compiles its staging copy.
+        src_copy = work / "src" / folder.name
+        shutil.copytree(folder, src_copy, dirs_exist_ok=True,
+                          ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".git"))
+        sources, includes, section_cxx, section_cuda = C.cpp_sources(src_copy, build, args.backend)
+        if not sources:
+            sys.exit(f"{name}: no C++/CUDA sources for {args.backend}")
+        cflags, cuda_flags, ldflags = bare_flags(build, args.backend, section_cxx, section_cuda)
         info = C.machine_info(args, work, args.backend)
         gen = work / "gen"
         gen.mkdir(exist_ok=True)
@@ -199,7 +206,7 @@ def main(argv=None) -> int:
         ratios["all_archs_over_local_min"] = all_s["min"] / jk_s["min"]
         targets["full arch list / local arch >= 2.5 (median)"] = ratios["all_archs_over_local_median"] >= 2.5
     builds = {n: [x["build_s"] for x in runs if x.get("build_s") is not None] for n, runs in samples.items()}
-    build_med = {n: (C.statistics.median(v) if v else None) for n, v in builds.items()}
+    build_med = {n: (statistics.median(v) if v else None) for n, v in builds.items()}
     rows = [[n, sec(s["median"]), sec(s["min"]), sec(s["max"]), str(s["n"]),
              C.fmt(build_med[n]) if build_med[n] is not None else "-",
              C.fmt(s["median"] / 1e3 - build_med[n]) if build_med[n] is not None else "-",
@@ -208,7 +215,7 @@ def main(argv=None) -> int:
     device = f", GPU {info.get('gpu')} (sm {local_arch})" if info.get("gpu") else ""
     print(f"\n## Cold build of `{repo_id}` ({args.backend}, {len(sources)} translation units)\n")
     print(f"Machine: {info.get('cpu_model', '?')}, {info.get('cpus_usable')} usable cores{device}; Python "
-          f"{info.get('python_version')}, torch {info.get('torch')}; MAX_JOBS={C.os.environ.get('MAX_JOBS', 'unset')}"
+          f"{info.get('python_version')}, torch {info.get('torch')}; MAX_JOBS={os.environ.get('MAX_JOBS', 'unset')}"
           + (f"; bare arch list {bare_arch}; full list {args.full_arch_list}" if args.backend == "cuda" else "") + "\n")
     print(C.describe_code(info) + "\n")
     print(C.markdown_table(["variant", "median s", "min s", "max s", "n", "of which ninja s (median)",

@@ -34,7 +34,6 @@ Run (GPU machine, needs nvcc and a CUDA torch)::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
