@@ -40,9 +40,14 @@ def run_demo(native: bool = True) -> int:
             HF_ENDPOINT=hub.endpoint,
             HF_HOME=str(work / "hf"),
             HF_HUB_DISABLE_TELEMETRY="1",
+            HF_HUB_DISABLE_PROGRESS_BARS="1",
             JITKERNELS_CACHE=str(work / "cache"),
         )
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        log = logging.getLogger("jitkernels")  # our progress lines only, not every HTTP request
+        log.setLevel(logging.INFO)
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
         import torch
 
         import jitkernels
@@ -67,8 +72,10 @@ def run_demo(native: bool = True) -> int:
 
 def _native_part(jitkernels, torch, commit: str, hub) -> bool:
     name = f"{ORG}/scaled-add"
+    from .cli import _table
+
     _say(f"== jitkernels inspect {name} --backend cpu")
-    _say(__import__("jitkernels.cli", fromlist=["_table"])._table(jitkernels.inspect("hf", name, backend="cpu")) + "\n")
+    _say(_table(jitkernels.inspect("hf", name, backend="cpu")) + "\n")
     _say("compiling it for this machine (first use only; progress below) ...")
     start = time.perf_counter()
     kernel = jitkernels.load("hf", name, revision=commit, backend="cpu")
