@@ -92,14 +92,12 @@ def plan(snapshot: Snapshot, asked: str, backend: str, toolchain: insp.Toolchain
         return _unsupported(base, insp.MISSING_SOURCE,
                             f"{snapshot.location} has no build.toml and no build/ variants: nothing to load."), None
 
-    noarch_order = [f"torch-{backend}", "torch-universal"]
-    if "" in variants and noarch_variant_backend("torch-universal"):
-        noarch_order.append("")
+    noarch_order = [f"torch-{backend}", "torch-universal", ""]  # "": a local folder that is one variant
     for variant in noarch_order:
         if variant in variants and (variant or _is_python_only(variants[variant])):
             return _plan_payload(snapshot, prefix, variant, base, backend)
 
-    arch = {v: fs for v, fs in variants.items() if v and noarch_variant_backend(v) is None}
+    arch = {v: fs for v, fs in variants.items() if noarch_variant_backend(v) is None}
     if not arch:
         have = ", ".join(sorted(v for v in variants if v)) or "none"
         return _unsupported(base, insp.NO_BACKEND,
@@ -223,20 +221,14 @@ def _plan_payload(snapshot, prefix, variant, base, backend):
             raise BuildConfigError(f"{snapshot.location}: build variant {vroot} has no Python package (__init__.py).")
         python_name = name
         package = f"{vroot}/{name}" if vroot else name
-    python_depends = ()
-    meta_path = f"{vroot}/metadata.json" if vroot else "metadata.json"
     inspection = insp.Inspection(
         **dict(base, python_name=python_name),
         strategy=insp.PYTHON, reason=None,
         detail=f"Python payload {vroot or snapshot.location} (no compiled code).",
         source="noarch-payload", source_location=f"{snapshot.location}/{vroot}" if vroot else snapshot.location,
-        python_depends=python_depends,
     )
     patterns = (f"{vroot}/**",) if vroot else ("**",)
-    plan_ = SourcePlan(snapshot, vroot, patterns, package, None, "noarch-payload")
-    if meta_path in files:
-        plan_ = replace(plan_, patterns=patterns)
-    return inspection, plan_
+    return inspection, SourcePlan(snapshot, vroot, patterns, package, None, "noarch-payload")
 
 
 def _plan_from_metadata(snapshot, prefix, arch, base, asked, backend, toolchain, ignore_bounds):
@@ -247,7 +239,7 @@ def _plan_from_metadata(snapshot, prefix, arch, base, asked, backend, toolchain,
     meta = None
     meta_variant = None
     for variant in ordered:
-        path = f"{prefix}{variant}/metadata.json"
+        path = f"{prefix}{variant}/metadata.json" if variant else "metadata.json"
         if path in snapshot.files:
             meta_variant = variant
             meta = parse_metadata(snapshot.fetch_one(path).read_bytes(), origin=f"{snapshot.location}/{path}")

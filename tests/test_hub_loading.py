@@ -181,3 +181,25 @@ def test_import_jitkernels_is_cheap():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_load_local_accepts_one_build_variant_folder(tmp_path):
+    """As upstream's get_local_kernel: a folder that is a single variant (metadata.json + package)."""
+    from conftest import EXAMPLES, binary_variant, metadata
+
+    python_variant = tmp_path / "torch-cpu"
+    python_variant.mkdir()
+    for src in (EXAMPLES / "rms-norm" / "torch-ext" / "rms_norm").glob("*.py"):
+        (python_variant / src.name).write_bytes(src.read_bytes())
+    (python_variant / "metadata.json").write_bytes(metadata("rms-norm", "_rms_norm_cpu_abc", "cpu"))
+    k = jitkernels.load_local(python_variant, backend="cpu", name="rms-norm")
+    assert k.rms_norm(torch.ones(1, 4), torch.ones(4)).shape == (1, 4)
+
+    binary = tmp_path / "torch213-cxx11-cpu-x86_64-linux"
+    for path, data in binary_variant("relu", "relu", "x", "cpu").items():
+        target = binary / path.split("/", 2)[2]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    with pytest.raises(UnsupportedKernelError) as err:
+        jitkernels.load_local(binary, backend="cpu", name="relu")
+    assert err.value.inspection.reason == "missing-source"
