@@ -1,4 +1,4 @@
-"""The ``jitkernels`` command: ``inspect``, ``warmup``, ``demo``, ``cache``.
+"""The ``jitkernels`` command: ``inspect``, ``warmup``, ``lock``, ``verify``, ``demo``, ``cache``.
 
 Exit status 0 on success; 1 with one clear ``error:`` line on a JitKernels
 error; 2 for bad usage.
@@ -96,6 +96,26 @@ def cmd_lock(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    """Re-hash every published entry (the full check; loads only compare sizes)."""
+    from . import config
+    from .warm import check_entry
+
+    entries = config.cache_dir() / "entries"
+    damaged = 0
+    names = sorted(p for p in entries.iterdir() if p.is_dir()) if entries.is_dir() else []
+    for entry in names:
+        problem = check_entry(entry, full=True)
+        if problem:
+            damaged += 1
+            print(f"DAMAGED {entry.name}: {problem}", file=sys.stderr)
+    print(f"{len(names) - damaged} of {len(names)} cache entries intact", file=sys.stderr)
+    if damaged:
+        print(f"error: {damaged} damaged entries; they are rebuilt on their next load", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_cache(args) -> int:
     from . import config
 
@@ -134,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="load a bundled example kernel through a local Hub and run it")
     p.add_argument("--no-native", action="store_true", help="skip compiling the example native kernel")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("verify", help="re-hash every cache entry (loads only compare file sizes)")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("cache", help="print the cache folder")
     p.set_defaults(func=cmd_cache)

@@ -5,6 +5,12 @@ dataclasses of ours, no cpp_extension): ``jitkernels.load`` with a commit
 hash tries it before touching the rest of the pipeline. Two indexes lead to an
 entry: by repository id (written after resolution) and by the name exactly as
 the caller wrote it (so a pinned load needs no name mapping).
+
+What every load needs lives here, so that the warm path is three modules of
+ours (``jitkernels``, ``jitkernels.config``, this one): the index key
+(:func:`env_key`), the per-load integrity rule (:func:`check_entry`), the
+cache-owner check (:func:`check_owner`) and the package import
+(:func:`import_package`). The cold path imports them from here too.
 """
 
 from __future__ import annotations

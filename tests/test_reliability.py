@@ -100,6 +100,9 @@ def test_verify_detects_same_size_alteration(online):
     target.write_bytes(bytes(data))
     assert check_entry(entry) is None  # the cheap per-load rule only compares sizes
     assert "sha256" in check_entry(entry, full=True)
+    from jitkernels.cli import main
+
+    assert main(["verify"]) == 1  # `jitkernels verify` reports it
 
 
 def test_published_files_follow_umask_and_are_never_world_writable(online):
