@@ -86,6 +86,7 @@ def build_native(inspection: Inspection, plan: SourcePlan) -> tuple[Inspection, 
 
 
 def _build_and_publish(inspection, plan, spec, root, files, entry) -> None:
+    paths = toolchain_paths(spec)  # toolchain problems are ToolchainErrors, not cache errors
     staging = cache.staging_dir(spec.extension_name)
     try:
         src = staging / "src"
@@ -106,7 +107,7 @@ def _build_and_publish(inspection, plan, spec, root, files, entry) -> None:
         library = package / (spec.extension_name + environment.extension_suffix())
         obj = staging / "obj"
         obj.mkdir()
-        write_ninja(spec, src, gen, obj, library)
+        write_ninja(spec, src, gen, obj, library, paths)
         run_ninja(spec, obj, cache.log_file(spec.extension_name))
         stage_package(plan, root, package, native=True)
         (package / "_ops.py").write_text(ops_py(spec.extension_name, import_library=True))
@@ -132,7 +133,10 @@ def _qs(args) -> str:
 
 def toolchain_paths(spec: BuildSpec) -> dict:
     """Include and library folders, from torch.utils.cpp_extension (imported on the cold path only)."""
-    from torch.utils import cpp_extension
+    try:
+        from torch.utils import cpp_extension
+    except OSError as exc:  # e.g. a CUDA build of torch that cannot find its toolkit
+        raise ToolchainError(f"{spec.kernel}: torch.utils.cpp_extension is unusable here: {exc}") from exc
 
     device = "cuda" if spec.backend == "cuda" else "cpu"
     includes = list(cpp_extension.include_paths(device))
@@ -161,8 +165,7 @@ def _merge_std(common: tuple[str, ...], own: tuple[str, ...]) -> list[str]:
     return list(common) + list(own)
 
 
-def write_ninja(spec: BuildSpec, src: Path, gen: Path, obj: Path, library: Path) -> Path:
-    paths = toolchain_paths(spec)
+def write_ninja(spec: BuildSpec, src: Path, gen: Path, obj: Path, library: Path, paths: dict) -> Path:
     cxx = os.environ.get("CXX", "c++")
     system = [f"-isystem {_q(p)}" for p in paths["includes"]]
     lines = [
