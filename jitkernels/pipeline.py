@@ -95,23 +95,11 @@ def _resolve(provider, ref: KernelRef, revision: str | None, trust_remote_code) 
         raise
 
 
-def _index_record(provider: str, repo_id: str, commit: str, backend: str) -> dict | None:
-    return cache.read_json(cache.index_file(provider, repo_id, commit, backend, environment.env_key(backend)))
-
-
 def _warm(provider: str, repo_id: str, commit: str, backend: str, module_name: str | None = None,
           digest: str | None = None) -> ModuleType | None:
-    key = (str(cache.root()), provider, repo_id, commit, backend)
-    module = warm.LOADED.get(key)
-    if module is not None and digest is None:
-        return module
-    record = _index_record(provider, repo_id, commit, backend)
-    if record is None or (digest is not None and record.get("digest") != digest):
-        return None
-    module = warm.import_entry(record, module_name)
-    if module is not None:
-        warm.LOADED[key] = module
-    return module
+    """The warm path by repository id (after resolution); see :func:`jitkernels.warm.load_indexed`."""
+    index = cache.index_file(provider, repo_id, commit, backend, environment.env_key(backend))
+    return warm.load_indexed(index, (str(cache.root()), provider, repo_id, commit, backend), module_name, digest)
 
 
 def _write_index(provider: str, repo_ids: set[str], commit: str, backend: str, inspection: Inspection, entry: Path,

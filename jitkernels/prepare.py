@@ -8,12 +8,11 @@ compiled library (see :mod:`jitkernels.native.builder`).
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from . import cache, config
+from . import cache
 from .inspection import Inspection
 from .planning import SourcePlan, digest_files
 

@@ -106,11 +106,22 @@ def try_load(provider, name: str, revision: str | None, backend: str | None,
 
         backend = environment.local_backend()
     key = (str(config.cache_dir()), provider, "name:" + name, revision, backend)
+    if key in LOADED:
+        return LOADED[key]
+    return load_indexed(name_index_file(provider, name, revision, backend, env_key(backend)), key, module_name)
+
+
+def load_indexed(index: Path | None, key: tuple, module_name: str | None = None,
+                 digest: str | None = None) -> ModuleType | None:
+    """Import the entry an index file points to (memoised under ``key``); None if absent or damaged.
+
+    ``digest``: only an entry made from exactly these inputs will do (a lock file's).
+    """
     module = LOADED.get(key)
-    if module is not None:
+    if module is not None and digest is None:
         return module
-    record = read_record(name_index_file(provider, name, revision, backend, env_key(backend)))
-    if record is None:
+    record = read_record(index)
+    if record is None or (digest is not None and record.get("digest") != digest):
         return None
     module = import_entry(record, module_name)
     if module is not None:

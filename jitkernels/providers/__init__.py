@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import enum
 import importlib
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .base import Provider
 
 from .. import config
 from ..errors import UnknownProviderError

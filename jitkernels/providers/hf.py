@@ -205,7 +205,7 @@ class HfKernelsProvider(Provider):
             except hf_errors.RepositoryNotFoundError as exc:  # also gated/private
                 last_error = exc
                 continue
-            except hf_errors.OfflineModeIsEnabled as exc:
+            except hf_errors.OfflineModeIsEnabled:
                 return self._resolve_offline(ref, revision)
             except Exception as exc:
                 raise FetchError(
