@@ -89,5 +89,5 @@ def test_compile_error_shows_compiler_output_and_publishes_nothing(tmp_path, mon
     assert "for cpu" in message and str(err.value.log_path) in message
     assert err.value.log_path.exists()
     cache = tmp_path / "jkcache"
-    assert not list((cache / "entries").glob("_scaled_add_cpu_*")) if (cache / "entries").exists() else True
+    assert not list((cache / "entries").glob("_scaled_add_cpu_*"))
     assert not list((cache / "staging").iterdir())

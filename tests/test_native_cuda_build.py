@@ -22,6 +22,7 @@ pytestmark = [
 
 def test_cuda_fixture_compiles_links_and_registers_ops(monkeypatch):
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
+    monkeypatch.setenv("JITKERNELS_VERBOSE", "1")  # the log keeps every compiler command
     i = jitkernels.inspect_local(EXAMPLES / "scaled-add", backend="cuda")
     assert i.strategy == "native-jit" and i.kernels == ("scaled_add",)
     k = jitkernels.load_local(EXAMPLES / "scaled-add", backend="cuda")
@@ -30,6 +31,8 @@ def test_cuda_fixture_compiles_links_and_registers_ops(monkeypatch):
     schema = str(ops.scaled_add.default._schema)
     assert f"{k.__name__}::scaled_add(Tensor(" in schema and "float alpha) -> ()" in schema
     assert torch._C._dispatch_has_kernel_for_dispatch_key(ops.scaled_add.default.name(), "CUDA")
-    # Only the asked arch was built (kernel-builder would build ten and PTX).
+    # Only the asked arch was built (kernel-builder would build ten and PTX), with kernel-builder's nvcc flags.
     log = (jitkernels.config.cache_dir() / "logs" / f"{k.__name__}.log").read_text()
-    assert "sm_90" in log or "compute_90" in log or "NVCC" in log
+    assert "arch=compute_90,code=sm_90" in log
+    assert "sm_80" not in log and "code=compute_" not in log
+    assert "--expt-extended-lambda" in log and "-D__CUDA_NO_HALF_OPERATORS__" not in log

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 import jitkernels
-from jitkernels import cache
 from jitkernels.errors import (
     BuildConfigError,
     CacheError,
