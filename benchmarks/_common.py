@@ -247,6 +247,17 @@ def interleaved(args, variants: dict, cwd: Path, rounds: int | None = None,
 
 # -- statistics and output ---------------------------------------------------------------------
 
+def measure_warm(args, variants: dict, cwd: Path) -> tuple[dict, dict, list[str]]:
+    """The warm-load benchmarks' measurement: interleaved rounds, summary, optional importtime reports."""
+    print(f"measuring {args.repeats} rounds (+{args.warmup} warm-up) of {', '.join(variants)}", file=sys.stderr)
+    samples = interleaved(args, variants, cwd)
+    reports = []
+    if args.importtime:
+        for which in ("jitkernels", "upstream"):
+            reports.append(importtime_report(args, variants[which][0], variants[which][1], cwd, which))
+    return samples, summarize(samples), reports
+
+
 def stats(values: list[float]) -> dict:
     return {
         "n": len(values),

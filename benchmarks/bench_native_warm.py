@@ -100,13 +100,7 @@ def main(argv=None) -> int:
                 f"mod = kernels.get_local_kernel(Path({str(upstream_repo)!r}), backend={args.backend!r})",
                 check + "\nR['module'] = mod.__name__"), offline),
         }
-        log(f"measuring {args.repeats} rounds (+{args.warmup} warm-up) of {', '.join(variants)}", file=sys.stderr)
-        samples = C.interleaved(args, variants, work)
-        summary = C.summarize(samples)
-        reports = []
-        if args.importtime:
-            for which in ("jitkernels", "upstream"):
-                reports.append(C.importtime_report(args, variants[which][0], variants[which][1], work, which))
+        samples, summary, reports = C.measure_warm(args, variants, work)
 
     floor, jk, up = (summary[k] for k in ("floor", "jitkernels", "upstream"))
     budget = 2 * floor["median"] + 2.0

@@ -92,13 +92,7 @@ def main(argv=None) -> int:
                 offline),
         }
         info = C.machine_info(args, work, args.backend)
-        log(f"measuring {args.repeats} rounds (+{args.warmup} warm-up) of {', '.join(variants)}", file=sys.stderr)
-        samples = C.interleaved(args, variants, work)
-        summary = C.summarize(samples)
-        reports = []
-        if args.importtime:
-            for which in ("jitkernels", "upstream"):
-                reports.append(C.importtime_report(args, variants[which][0], variants[which][1], work, which))
+        samples, summary, reports = C.measure_warm(args, variants, work)
 
     floor, jk, up = (summary[k] for k in ("floor", "jitkernels", "upstream"))
     ratios = {
