@@ -1,83 +1,84 @@
-"""The cache layout, atomic publication and locks.
+"""The cache layout, atomic file writes and private work folders.
 
 Layout under ``config.cache_dir()`` (``~/.cache/jitkernels`` or ``JITKERNELS_CACHE``)::
 
     refs/<provider>/<org>/<name>/<revision>.json     last commit a branch/tag/version resolved to
     index/<provider>/<org>/<name>/<commit>/<backend>-<envkey>.json
-                                                     warm-path index: commit -> published entry
-    entries/<module name>/                           published, immutable kernel packages
-        manifest.json                                what it is, how it was made, file sizes
-        <python_name>/                               the importable package (+ compiled library)
-    sources/git/<url hash>/<commit>/                 source trees fetched with git
-    logs/<module name>.log                           full compiler output of the last build
-    staging/                                         private work folders (same filesystem)
-    locks/                                           filelock files, one per entry being made
+                                                     warm-path index: commit -> published entry (+ trust)
+    trust/<provider>/<org>/<name>/<commit>.json      durable trust grants (the Hub's publisher flag)
+    entries/<entry name>/                            published, immutable: a kernel package or a git source
+        manifest.json                                what it is, how it was made, file sizes and sha256
+        <python_name>/ | tree/                       the importable package (+ library) | the source tree
+    builds/<workspace>/                              a native build's sources and objects, kept across
+                                                     interrupted builds (resume) and local edits (incremental)
+    logs/<extension>.log                             full compiler output of the last build
+    staging/<prefix>.<host>.<boot>.<pid>.<random>/   private work folders (same filesystem as entries/)
+    locks/                                           filelock files and their holders' records
+    machine/<key>.json                               GPU backend/archs detected once per boot
 
-Entries are written in a private staging folder and published with one
-``os.replace``; readers never see a half-written entry. Locks are OS locks
-(filelock) that die with their holder.
+Entries are written in a staging folder and published with one ``os.replace``;
+readers never see a half-written entry. Every private folder (staging or
+build workspace) is owned by an OS file lock that dies with its holder, so a
+folder is swept only when no process anywhere holds its lock: liveness never
+depends on a pid, which means nothing across containers or hosts. The entry
+lifecycle that uses all this is :mod:`jitkernels.entries`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
+import time
 from pathlib import Path
-from urllib.parse import quote
 
 from . import config
-from .errors import CacheError
+from .errors import CacheError, JitKernelsError
+from .warm import component, read_json  # noqa: F401  (read_json: the cold path's reader too)
+
+#: Private folders whose lock is free are swept; a folder without a lock file is left for this long.
+ORPHAN_AGE = 24 * 3600.0
+#: Build workspaces not used for this long are swept (their lock must be free too).
+WORKSPACE_AGE = 7 * 24 * 3600.0
 
 
 def root() -> Path:
     return config.cache_dir()
 
 
-def _component(text: str) -> str:
-    """One safe path component for arbitrary text (revisions may contain ``/`` or ``..``)."""
-    return "r-" + quote(text, safe="-_")
-
-
 def _repo_parts(repo_id: str) -> list[str]:
-    return [_component(part) if part in (".", "..") else part for part in repo_id.split("/")]
+    return [component(part) if part in (".", "..") else part for part in repo_id.split("/")]
 
 
 def refs_file(provider: str, repo_id: str, revision: str) -> Path:
-    return root().joinpath("refs", provider, *_repo_parts(repo_id), _component(revision) + ".json")
+    return root().joinpath("refs", provider, *_repo_parts(repo_id), component(revision) + ".json")
 
 
 def index_file(provider: str, repo_id: str, commit: str, backend: str, envkey: str) -> Path:
     return root().joinpath("index", provider, *_repo_parts(repo_id), commit, f"{backend}-{envkey}.json")
 
 
-def entry_dir(module_name: str) -> Path:
-    return root() / "entries" / module_name
+def trust_file(provider: str, repo_id: str, commit: str) -> Path:
+    return root().joinpath("trust", provider, *_repo_parts(repo_id), f"{commit}.json")
 
 
-def git_source_dir(url: str, commit: str) -> Path:
-    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
-    return root() / "sources" / "git" / digest / commit
+def entry_dir(name: str) -> Path:
+    return root() / "entries" / name
 
 
-def log_file(module_name: str) -> Path:
-    return root() / "logs" / f"{module_name}.log"
+def log_file(name: str) -> Path:
+    return root() / "logs" / f"{name}.log"
 
 
 def lock_path(key: str) -> Path:
     return root() / "locks" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".lock")
 
 
-def ensure_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) or raise a :class:`CacheError` that names it and ``JITKERNELS_CACHE``."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise cache_error(path, exc) from exc
-    return path
-
+# -- errors and atomic writes -------------------------------------------------------------------
 
 def cache_error(path: Path, exc: OSError) -> CacheError:
     return CacheError(
@@ -86,88 +87,139 @@ def cache_error(path: Path, exc: OSError) -> CacheError:
     )
 
 
-def file_lock(key: str, timeout: float = -1):
-    """An OS file lock for ``key`` (filelock is imported only on the cold path)."""
+@contextlib.contextmanager
+def guard(path: Path):
+    """Turn any filesystem failure inside the block into a :class:`CacheError` naming ``path``."""
+    try:
+        yield
+    except JitKernelsError:  # FetchError is an OSError too: ours pass through unchanged
+        raise
+    except OSError as exc:
+        raise cache_error(path, exc) from exc
+
+
+def ensure_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) or raise a :class:`CacheError` that names it and ``JITKERNELS_CACHE``."""
+    with guard(path):
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and one rename: never half a file. Raises OSError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def json_bytes(value) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
+
+
+def write_json(path: Path, value) -> None:
+    """Write JSON into the cache atomically; a :class:`CacheError` if the cache is not writable."""
+    with guard(path):
+        write_atomic(path, json_bytes(value))
+
+
+# -- private folders ------------------------------------------------------------------------------
+
+def _owner_tag() -> str:
+    """``<host>.<boot id>.<pid>``: who made a private folder, for people reading the cache (never for liveness)."""
+    host = "".join(c if c.isalnum() or c == "-" else "-" for c in os.uname().nodename)[:40] or "host"
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            boot = fh.read().strip()[:8]
+    except OSError:
+        boot = "noboot"
+    return f"{host}.{boot}.{os.getpid()}"
+
+
+@contextlib.contextmanager
+def staging(prefix: str):
+    """A fresh private folder on the cache's filesystem (so publication is one rename), removed on exit.
+
+    The folder is owned by the file lock ``<folder>.lock`` while the block runs: :func:`sweep`
+    removes a staging folder only when that lock is free, i.e. its owner died (SIGKILL, OOM,
+    power loss) wherever it ran.
+    """
+    base = ensure_dir(root() / "staging")
+    sweep(base)
     import filelock
 
-    path = lock_path(key)
-    ensure_dir(path.parent)
-    return filelock.FileLock(str(path), timeout=timeout)
+    folder = base / f"{prefix}.{_owner_tag()}.{secrets.token_hex(4)}"
+    lock = filelock.FileLock(str(folder) + ".lock", is_singleton=False)
+    with guard(folder):
+        lock.acquire()
+    try:
+        with guard(folder):
+            folder.mkdir()
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.unlink(str(folder) + ".lock")
+        lock.release()
 
 
-def staging_dir(prefix: str) -> Path:
-    """A fresh private folder on the cache's filesystem, so publication is one rename.
+def workspace(key: str) -> Path:
+    """``builds/<key>/``: a native build's persistent folder, owned by the lock ``workspace_lock_key(key)``."""
+    return ensure_dir(root() / "builds" / key)
 
-    Its name carries our pid, so :func:`sweep_staging` can remove what a killed process left.
+
+def workspace_lock_key(key: str) -> str:
+    return f"workspace:{key}"
+
+
+def sweep_workspaces() -> None:
+    """Remove build workspaces unused for :data:`WORKSPACE_AGE` whose lock is free."""
+    sweep(root() / "builds", lambda folder: lock_path(workspace_lock_key(folder.name)), max_idle=WORKSPACE_AGE)
+
+
+def sweep(base: Path, lock_of=None, max_idle: float | None = None) -> None:
+    """Remove the folders under ``base`` whose lock is free (their owner is gone).
+
+    ``lock_of(folder)``: the lock file that owns a folder (default: ``<folder>.lock``, as
+    :func:`staging` makes). ``max_idle``: only folders untouched for that many seconds.
     """
-    from .entries import check_owner
-
-    check_owner()
-    base = ensure_dir(root() / "staging")
-    sweep_staging(base)
-    try:
-        return Path(tempfile.mkdtemp(prefix=f"{prefix}.{os.getpid()}.", dir=base))
-    except OSError as exc:
-        raise cache_error(base, exc) from exc
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def sweep_staging(base: Path) -> None:
-    """Remove staging folders whose process died (SIGKILL, power loss): never published, never loaded."""
     try:
         names = os.listdir(base)
     except OSError:
         return
+    import filelock
+
+    now = time.time()
     for name in names:
-        parts = name.rsplit(".", 2)
-        if len(parts) == 3 and parts[1].isdigit() and int(parts[1]) != os.getpid() and not _alive(int(parts[1])):
-            shutil.rmtree(base / name, ignore_errors=True)
-
-
-def publish(staging: Path, final: Path) -> bool:
-    """Atomically move ``staging`` to ``final``. False (and ``staging`` removed) if ``final`` already exists."""
-    ensure_dir(final.parent)
-    try:
-        os.replace(staging, final)
-        return True
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        if final.exists():
-            return False
-        raise cache_error(final, exc) from exc
-
-
-def read_json(path: Path) -> dict | None:
-    """The JSON object at ``path``, or ``None`` if missing or unreadable (the caller rebuilds it)."""
-    try:
-        with open(path, "rb") as fh:
-            value = json.loads(fh.read())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def write_json(path: Path, value: dict) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    ensure_dir(path.parent)
-    data = json.dumps(value, indent=2, sort_keys=True).encode()
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except OSError as exc:
+        folder = base / name
+        if name.endswith(".lock") or not folder.is_dir():
+            continue
         try:
-            os.unlink(tmp)  # type: ignore[possibly-undefined]
-        except (OSError, UnboundLocalError):
-            pass
-        raise cache_error(path, exc) from exc
+            idle = now - folder.stat().st_mtime
+        except OSError:
+            continue
+        if max_idle is not None and idle < max_idle:
+            continue
+        lock_file = lock_of(folder) if lock_of else Path(str(folder) + ".lock")
+        if not lock_file.exists():
+            if idle > ORPHAN_AGE:
+                shutil.rmtree(folder, ignore_errors=True)
+            continue
+        lock = filelock.FileLock(str(lock_file), is_singleton=False)
+        try:
+            lock.acquire(timeout=0)
+        except (filelock.Timeout, OSError):
+            continue  # alive somewhere (or unreadable): not ours to remove
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+            if lock_of is None:
+                with contextlib.suppress(OSError):
+                    os.unlink(lock_file)
+        finally:
+            lock.release()

@@ -11,9 +11,13 @@ from pathlib import Path
 
 #: Bumped whenever the way JitKernels prepares or builds a kernel changes, so
 #: that entries made by an older recipe are never reused.
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 
 DEFAULT_HF_ORG = "kernels-community"
+
+#: Publishers trusted without asking the Hub (upstream also trusts any organisation the Hub
+#: flags ``trustedKernelPublisher``). ``JITKERNELS_TRUSTED`` adds more.
+DEFAULT_TRUSTED_PUBLISHERS = frozenset({"kernels-community"})
 
 #: Aliases of the providers shipped with JitKernels (the registry in jitkernels.providers uses them).
 BUILTIN_PROVIDER_ALIASES = {
@@ -108,9 +112,59 @@ def trusted_orgs_extra() -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
 
 
+def _seconds(name: str, default: float) -> float:
+    try:
+        value = float(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
 def network_timeout() -> float:
     """Seconds before a Hub request is given up (``JITKERNELS_TIMEOUT``, default 10)."""
-    try:
-        return float(os.environ.get("JITKERNELS_TIMEOUT", "10"))
-    except ValueError:
-        return 10.0
+    return _seconds("JITKERNELS_TIMEOUT", 10.0)
+
+
+#: Default of ``JITKERNELS_LOCK_TIMEOUT``: half an hour without any sign of life from the holder.
+DEFAULT_LOCK_TIMEOUT = 1800.0
+
+
+def lock_timeout() -> float:
+    """``JITKERNELS_LOCK_TIMEOUT``: seconds a waiter allows the holder of a cache lock to show no progress.
+
+    Progress is the holder's heartbeat (every few seconds while its process runs) or its build log
+    growing; a stopped (SIGSTOP) or hung holder shows none. Default 1800.
+    """
+    return _seconds("JITKERNELS_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT)
+
+
+def lockfile() -> Path | None:
+    """``JITKERNELS_LOCKFILE``: a ``jitkernels lock`` file every load is checked against."""
+    value = os.environ.get("JITKERNELS_LOCKFILE")
+    return Path(value).expanduser() if value else None
+
+
+def pins_files() -> list[Path]:
+    """``JITKERNELS_PINS``: pin files for the import hook, separated by ``os.pathsep`` (earlier wins)."""
+    return [Path(p).expanduser() for p in os.environ.get("JITKERNELS_PINS", "").split(os.pathsep) if p]
+
+
+def nvcc_threads() -> int | None:
+    """``NVCC_THREADS``: ``--threads=N`` for nvcc (as kernel-builder and torch read it)."""
+    value = os.environ.get("NVCC_THREADS", "")
+    return int(value) if value.isdigit() else None
+
+
+def cxx() -> str:
+    """``CXX``: the host C++ compiler (default ``c++``); part of every native build key."""
+    return os.environ.get("CXX") or "c++"
+
+
+def cc() -> str | None:
+    """``CC``: passed to nvcc as ``-ccbin`` when set; part of every native build key."""
+    return os.environ.get("CC") or None
+
+
+def hf_endpoint() -> str:
+    """``HF_ENDPOINT`` (huggingface_hub's own), for messages."""
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")

@@ -1,49 +1,138 @@
-"""Published cache entries: writing their manifest (with the user's umask) and discarding damaged ones.
+"""The cache entry lifecycle, in one place: look up, lock, look up again, stage, fill, verify, publish, index.
 
-The per-load checks (:func:`check_entry`, :func:`check_owner`) live in
-:mod:`jitkernels.warm`, which the warm path imports alone; they are
-re-exported here.
+Python payloads (:mod:`jitkernels.prepare`) and native builds
+(:mod:`jitkernels.native.builder`) describe *what* goes into an entry as a
+:class:`Recipe`; :func:`obtain` is the whole policy::
+
+    entry intact?                      -> use it (no lock: read-only caches load)
+    JITKERNELS_DISABLE_BUILD and native -> BuildError (a fleet's prebuilt cache missed)
+    hold the entry's lock               (waits, reports the holder, gives up on a stopped one)
+        intact now?                    -> use it (another process made it meanwhile)
+        damaged?                       -> report once, discard
+        [native: hold the build workspace, kept across interruptions and local edits]
+        stage -> recipe.fill -> manifest -> verify -> bytecode -> umask -> one rename
+
+Nothing half-made is ever published, and every filesystem failure is a
+:class:`~jitkernels.errors.CacheError` naming the path and ``JITKERNELS_CACHE``.
+After publication the pipeline records the warm-path indexes with :func:`index`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from . import config
-from .warm import MANIFEST, check_entry, check_owner  # noqa: F401  (re-exported)
+from . import cache, config, environment, locks
+from .errors import BuildError, CacheError
+from .log import logger, warning_once
+from .warm import MANIFEST, check_entry, check_owner, env_key, name_index_file
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """What one cache entry holds and how to make it.
 
-def write_manifest(entry: Path, inspection, extra: dict | None = None) -> None:
-    """Record every file's size (checked on each load) and sha256 (checked by :func:`verify_entry`)."""
+    ``fill(out, work)`` writes the entry's files (the package folder ``<python_name>/``) into
+    ``out`` and returns extra manifest fields; ``work`` is the persistent build workspace
+    ``builds/<workspace>/`` (None when ``workspace`` is None).
+    """
+
+    name: str
+    what: str
+    inspection: object
+    fill: Callable[[Path, Path | None], dict]
+    compiled: bool = False
+    workspace: str | None = None
+    keep_workspace: bool = False
+    log: Path | None = None
+
+
+def obtain(recipe: Recipe) -> Path:
+    """The published entry for ``recipe``, made (once, across processes) if needed."""
+    entry = cache.entry_dir(recipe.name)
+    if check_entry(entry) is None:
+        return entry
+    check_owner()
+    if recipe.compiled and config.disable_build():
+        raise BuildError(
+            f"{recipe.what} is not in the cache at {entry} and JITKERNELS_DISABLE_BUILD=1 forbids compiling "
+            f"it. Prebuild it with `jitkernels warmup` on a machine of this kind (same torch, CUDA, Python "
+            f"and GPU) and ship the cache."
+        )
+    with locks.hold(f"entry:{recipe.name}", recipe.what, recipe.log):
+        problem = check_entry(entry)
+        if problem is None:
+            return entry
+        if entry.exists():
+            warning_once(f"The cached kernel {entry.name} is damaged ({problem}); it is rebuilt.")
+            discard(entry)
+        with contextlib.ExitStack() as stack:
+            work = stack.enter_context(_workspace(recipe)) if recipe.workspace else None
+            out = stack.enter_context(cache.staging(recipe.name))
+            with cache.guard(out):
+                extra = recipe.fill(out, work)
+                _publish(out, entry, recipe.inspection, extra)
+            if work is not None and not recipe.keep_workspace:
+                shutil.rmtree(work, ignore_errors=True)
+    return entry
+
+
+@contextlib.contextmanager
+def _workspace(recipe: Recipe):
+    cache.sweep_workspaces()
+    with locks.hold(cache.workspace_lock_key(recipe.workspace), recipe.what, recipe.log):
+        work = cache.workspace(recipe.workspace)
+        os.utime(work)  # in use: not swept by age
+        yield work
+
+
+def _publish(staged: Path, entry: Path, inspection, extra: dict) -> None:
+    write_manifest(staged, inspection, extra)
+    problem = check_entry(staged, full=True)
+    if problem is not None:  # the disk lost what we just wrote
+        raise CacheError(f"Preparing {entry.name} in the JitKernels cache failed: {problem}. "
+                         f"Check the disk under {staged.parent} (JITKERNELS_CACHE).")
+    precompile(staged, entry)
+    _apply_umask(staged)
+    cache.ensure_dir(entry.parent)
+    try:
+        os.replace(staged, entry)
+    except OSError as exc:
+        if check_entry(entry) is None:
+            return  # published meanwhile by a process holding another lock on the same content
+        raise cache.cache_error(entry, exc) from exc
+
+
+def write_manifest(folder: Path, inspection, extra: dict | None = None) -> None:
+    """Record every file's size (checked on each load) and sha256 (checked by ``jitkernels verify``)."""
     files, hashes = {}, {}
-    for path in sorted(entry.rglob("*")):
+    for path in sorted(folder.rglob("*")):
         if path.is_file() and path.name != MANIFEST and "__pycache__" not in path.parts:
-            rel = str(path.relative_to(entry)).replace(os.sep, "/")
+            rel = str(path.relative_to(folder)).replace(os.sep, "/")
             files[rel] = path.stat().st_size
             hashes[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
     manifest = {
         "recipe": config.RECIPE_VERSION,
         "created": time.time(),
-        "inspection": inspection.to_dict(),
+        **({"inspection": inspection.to_dict()} if inspection is not None else {}),
         "files": files,
         "sha256": hashes,
         **(extra or {}),
     }
-    (entry / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    _apply_umask(entry)
+    cache.write_atomic(folder / MANIFEST, cache.json_bytes(manifest))
 
 
-def precompile(staging: Path, final: Path) -> None:
+def precompile(staged: Path, final: Path) -> None:
     """Write the package's bytecode now (named as at ``final``): first loads and read-only caches stay fast."""
     import compileall
 
-    compileall.compile_dir(str(staging), ddir=str(final), quiet=2, force=True)
+    compileall.compile_dir(str(staged), ddir=str(final), quiet=2, force=True)
 
 
 def _apply_umask(folder: Path) -> None:
@@ -52,19 +141,45 @@ def _apply_umask(folder: Path) -> None:
     os.umask(mask)
     for path in [folder, *folder.rglob("*")]:
         mode = 0o777 if path.is_dir() or os.stat(path).st_mode & 0o111 else 0o666
-        try:
+        with contextlib.suppress(OSError):
             os.chmod(path, mode & ~mask & ~0o002)  # never world-writable
-        except OSError:
-            pass
 
 
-def discard_entry(entry: Path) -> None:
-    """Move a damaged entry out of the way (one rename) and delete it."""
-    from . import cache
+def discard(entry: Path) -> None:
+    """Move a damaged entry out of the way (one rename, so no reader sees half of it) and delete it."""
+    with cache.staging("discarded") as trash:
+        with cache.guard(entry):
+            os.replace(entry, trash / "entry")
 
-    try:
-        trash = cache.staging_dir("discarded")
-        os.replace(entry, trash / "entry")
-        shutil.rmtree(trash, ignore_errors=True)
-    except OSError:
-        shutil.rmtree(entry, ignore_errors=True)
+
+# -- the warm-path indexes ----------------------------------------------------------------------
+
+def index_env_key(backend: str) -> str:
+    """The index key of this environment (the warm path computes the same from its memo)."""
+    return env_key(backend, environment.cuda_archs() if backend == "cuda" else ())
+
+
+def index(provider: str, repo_ids, names, commit: str, backend: str, inspection, entry: Path,
+          trust: str | None) -> None:
+    """Point the warm path at ``entry`` for ``commit``: by repository id and by the names the caller used.
+
+    An index is only a shortcut: a cache where it cannot be written (read-only, shipped to a
+    fleet) still loads, through the pipeline.
+    """
+    record = {
+        "module": inspection.module_name,
+        "python_name": inspection.python_name,
+        "entry": str(entry.relative_to(cache.root())),
+        "repo_id": inspection.repo_id,
+        "strategy": inspection.strategy,
+        "digest": inspection.digest,
+        "trust": trust,
+    }
+    envkey = index_env_key(backend)
+    paths = [cache.index_file(provider, repo_id, commit, backend, envkey) for repo_id in sorted(set(repo_ids))]
+    paths += [p for p in (name_index_file(provider, n, commit, backend, envkey) for n in names) if p]
+    for path in paths:
+        try:
+            cache.write_json(path, record)
+        except CacheError as exc:
+            logger.debug("jitkernels: warm index not written: %s", exc)

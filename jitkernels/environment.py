@@ -2,16 +2,16 @@
 
 The warm path needs the backend and the GPU archs without initialising CUDA
 (which costs far more than loading a cached kernel). So the GPU facts are
-detected once per boot and remembered in ``<cache>/machine/<key>.json``, the
-key being the kernel boot id, the visible-device variables and the NVIDIA
-device nodes: any change of those gives a fresh detection. If CUDA is already
+detected once per boot and remembered in ``<cache>/machine/<key>.json``
+(:func:`jitkernels.warm.machine_memo` reads it; the key is the kernel boot id,
+the visible-device variables and the NVIDIA device nodes: any change of those
+gives a fresh detection). If CUDA is already
 initialised in the process, torch is asked directly. ``TORCH_CUDA_ARCH_LIST``
 overrides the archs.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import re
@@ -19,7 +19,8 @@ import subprocess
 import sys
 from functools import lru_cache
 
-from . import config
+from . import cache, config, warm
+from .errors import CacheError
 
 
 def _torch():
@@ -73,25 +74,6 @@ def torch_cuda_version() -> str | None:
     return _torch().version.cuda
 
 
-def _machine_key() -> str:
-    parts = [
-        os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"),
-        os.environ.get("NVIDIA_VISIBLE_DEVICES", "<unset>"),
-        os.environ.get("HIP_VISIBLE_DEVICES", "<unset>"),
-        _torch().__version__,
-    ]
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as fh:
-            parts.append(fh.read().strip())
-    except OSError:
-        parts.append(str(os.getpid()))  # no boot id: never share the memo between processes
-    try:
-        parts.append(",".join(sorted(n for n in os.listdir("/dev") if re.match(r"^nvidia\d+$", n))))
-    except OSError:
-        pass
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
-
-
 def _detect_gpus() -> dict:
     torch = _torch()
     facts = {"backend": "cpu", "archs": []}
@@ -118,25 +100,16 @@ def _detect_gpus() -> dict:
 def gpu_facts() -> dict:
     """``{"backend": "cuda", "archs": ["9.0"]}`` for this machine, memoised per boot (see module doc)."""
     torch = _torch()
-    if torch.version.cuda is None and torch.version.hip is None and not _maybe_other_accelerator(torch):
-        return {"backend": "cpu", "archs": []}
     if torch.version.cuda is not None and torch.cuda.is_initialized():
         return _detect_gpus()
-    from . import cache
-
-    memo = cache.root() / "machine" / f"{_machine_key()}.json"
-    facts = cache.read_json(memo)
-    if facts is None or "backend" not in facts:
+    facts = warm.machine_memo()
+    if facts is None:
         facts = _detect_gpus()
         try:
-            cache.write_json(memo, facts)
-        except OSError:
-            pass
+            cache.write_json(warm.machine_memo_file(), facts)
+        except CacheError:
+            pass  # a read-only cache: detect again next time
     return facts
-
-
-def _maybe_other_accelerator(torch) -> bool:
-    return bool(getattr(torch.version, "xpu", None)) or sys.platform == "darwin"
 
 
 def local_backend() -> str:
@@ -146,9 +119,9 @@ def local_backend() -> str:
 
 def cuda_archs() -> list[str]:
     """GPU capabilities to build for: ``TORCH_CUDA_ARCH_LIST`` if set, else the visible GPUs' (``["9.0"]``)."""
-    override = config.cuda_arch_override()
-    if override:
-        return [a for a in re.split(r"[;\s,]+", override) if a]
+    override = warm.archs_override()
+    if override is not None:
+        return override
     return list(gpu_facts().get("archs", []))
 
 
@@ -194,5 +167,3 @@ def nvcc_version() -> str | None:
     """The local CUDA toolkit's ``major.minor`` (what kernel-builder checks ``[general.cuda]`` bounds against)."""
     return _nvcc_version_for(cuda_home())
 
-
-from .warm import env_key  # noqa: E402,F401  (the warm index key lives with the warm path)

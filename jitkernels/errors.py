@@ -85,6 +85,10 @@ class CacheError(JitKernelsError, OSError):
     """The cache directory cannot be used (read-only, full, owned by someone else...)."""
 
 
+class LockTimeoutError(CacheError, TimeoutError):
+    """Another process holds a cache lock and showed no sign of progress for ``JITKERNELS_LOCK_TIMEOUT`` seconds."""
+
+
 class TrustError(JitKernelsError, PermissionError):
     """The kernel's publisher is not trusted and the user did not opt in."""
 

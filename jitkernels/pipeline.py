@@ -16,9 +16,10 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
-from . import cache, config, environment, warm
+from . import cache, config, entries, environment, warm
 from .buildconfig import BACKENDS
 from .errors import (
+    BuildConfigError,
     FetchError,
     InvalidKernelNameError,
     KernelNotFoundError,
@@ -28,11 +29,11 @@ from .errors import (
     RevisionNotFoundError,
     UnsupportedKernelError,
 )
-from .warm import import_package
-from .inspection import NATIVE_JIT, PYTHON, UNSUPPORTED, Inspection, Toolchain
+from .inspection import PYTHON, UNSUPPORTED, Inspection, Toolchain
 from .log import warning_once
 from .providers import KernelProvider, get_provider
-from .providers.base import KernelRef, Snapshot, is_commit
+from .providers.base import KernelRef, Snapshot
+from .warm import import_package, is_commit
 from .sources import LocalSnapshot, local_override
 
 _LOCK = threading.RLock()
@@ -95,31 +96,22 @@ def _resolve(provider, ref: KernelRef, revision: str | None, trust_remote_code) 
         raise
 
 
-def _warm(provider: str, repo_id: str, commit: str, backend: str, module_name: str | None = None,
-          digest: str | None = None) -> ModuleType | None:
-    """The warm path by repository id (after resolution); see :func:`jitkernels.warm.load_indexed`."""
-    index = cache.index_file(provider, repo_id, commit, backend, environment.env_key(backend))
-    return warm.load_indexed(index, (str(cache.root()), provider, repo_id, commit, backend), module_name, digest)
+def _cached(prov, ref: KernelRef, name: str, commit: str, backend: str, module_name: str | None,
+            locked, grant: str | None) -> ModuleType | None:
+    """The one cache lookup: the entry indexed for ``commit``, by the name as written or by repo id.
 
-
-def _write_index(provider: str, repo_ids: set[str], commit: str, backend: str, inspection: Inspection, entry: Path,
-                 names: tuple[str, ...] = ()) -> None:
-    """Index the published entry by repo id and by the names the caller used (see :mod:`jitkernels.warm`)."""
-    record = {
-        "module": inspection.module_name,
-        "python_name": inspection.python_name,
-        "entry": str(entry.relative_to(cache.root())),
-        "repo_id": inspection.repo_id,
-        "strategy": inspection.strategy,
-        "digest": inspection.digest,
-    }
-    envkey = environment.env_key(backend)
-    for repo_id in repo_ids:
-        cache.write_json(cache.index_file(provider, repo_id, commit, backend, envkey), record)
-    for name in names:
-        path = warm.name_index_file(provider, name, commit, backend, envkey)
-        if path is not None:
-            cache.write_json(path, record)
+    ``grant``: the trust this call gives (see :func:`jitkernels.warm.trusted`); ``locked``: a
+    lock-file entry whose digest the entry must have.
+    """
+    envkey = entries.index_env_key(backend)
+    key = (str(cache.root()), prov.name, ref.repo_id, commit, backend)
+    digest = locked.digest if locked is not None else None
+    for index in (warm.name_index_file(prov.name, name, commit, backend, envkey),
+                  cache.index_file(prov.name, ref.repo_id, commit, backend, envkey)):
+        module = warm.load_indexed(index, key, module_name, digest, grant)
+        if module is not None:
+            return module
+    return None
 
 
 # -- the pipeline --------------------------------------------------------------
@@ -161,16 +153,16 @@ def _complete(inspection: Inspection, source_plan) -> Inspection:
     from dataclasses import replace
 
     from .planning import digest_files
-    from .prepare import fetch_inputs, module_name_for
+    from .prepare import entry_module_name, fetch_inputs
 
     root, files = fetch_inputs(source_plan)
     digest = digest_files(root, files)
-    name = module_name_for(inspection.python_name, inspection.backend, digest)
+    name = entry_module_name(inspection, source_plan, digest)
     return replace(
         inspection,
         digest=digest,
         module_name=name,
-        expected_extension_name=name if inspection.strategy == NATIVE_JIT else None,
+        expected_extension_name=name if inspection.strategy != PYTHON else None,
     )
 
 
@@ -204,8 +196,8 @@ def load_snapshot(snapshot: Snapshot, name: str, backend: str, index_ids: set[st
 
         inspection, entry = build_native(inspection, source_plan)
     if not isinstance(snapshot, LocalSnapshot):  # local folders change under us: never indexed
-        _write_index(inspection.provider, set(index_ids) | {snapshot.ref.repo_id, inspection.repo_id},
-                     inspection.revision or snapshot.commit, backend, inspection, entry, names=(name,))
+        entries.index(inspection.provider, set(index_ids) | {snapshot.ref.repo_id, inspection.repo_id}, (name,),
+                      inspection.revision or snapshot.commit, backend, inspection, entry, snapshot.trust)
     return import_package(module_name or inspection.module_name, entry / inspection.python_name, what=inspection.repo_id)
 
 
@@ -214,39 +206,43 @@ def load_kernel(provider, name: str, *, revision=None, version=None, backend=Non
     """Load a kernel's package; ``module_name`` overrides the name a *first* import uses.
 
     A kernel already loaded in this process (same provider, repo, commit and
-    backend) is returned as is, whatever name it was imported under.
+    backend) is returned as is, whatever name it was imported under. The
+    commit is the pinned one (a commit hash, or the lock file's), else what
+    the provider resolves (or, with the network down, what it resolved to last
+    time); then one cache lookup, and only on a miss a fetch and a build.
     """
     prov = get_provider(provider)
     ref = prov.parse_name(name)
     rev = revision_for(revision, version)
     backend = _backend(backend)
     with _LOCK:
-        locked = _locked(prov, ref, rev)
-        if locked is not None:
-            rev = locked.commit
-        else:
-            module = warm.try_load(prov.name, name, rev, backend, module_name)
-            if module is not None:
-                return module
         local = local_override(ref)
-        if local is None and is_commit(rev):
-            module = _warm(prov.name, ref.repo_id, rev, backend, module_name,
-                           digest=locked.digest if locked is not None else None)
-            if module is not None:
-                return module
         if local is not None:
             return load_snapshot(local, name, backend, module_name=module_name)
-        try:
-            snapshot = _resolve(prov, ref, rev, trust_remote_code)
-        except FetchError as exc:
-            module = _fallback_last_resolved(prov, ref, rev, backend, exc, module_name)
-            if module is not None:
-                return module
-            raise
-        module = _warm(prov.name, ref.repo_id, snapshot.commit, backend, module_name,
-                       digest=locked.digest if locked is not None else None)
+        locked = _locked(prov, ref, rev)
+        commit = locked.commit if locked is not None else (rev if is_commit(rev) else None)
+        snapshot = unreachable = None
+        if commit is None:
+            try:
+                snapshot = _resolve(prov, ref, rev, trust_remote_code)
+                commit = snapshot.commit
+            except FetchError as exc:
+                commit, unreachable = prov.last_resolved(ref, rev), exc
+                if commit is None:
+                    raise
+        grant = snapshot.trust if snapshot is not None else warm.caller_grant(ref.repo_id, trust_remote_code)
+        module = _cached(prov, ref, name, commit, backend, module_name, locked, grant)
         if module is not None:
+            if unreachable is not None:
+                warning_once(
+                    f"Could not reach the provider to resolve {ref.repo_id}@{rev or 'default'} "
+                    f"({unreachable.__class__.__name__}); loaded {commit[:12]}, the commit it resolved to last time."
+                )
             return module
+        if unreachable is not None:
+            raise unreachable
+        if snapshot is None:
+            snapshot = _resolve(prov, ref, commit, trust_remote_code)
         module = load_snapshot(snapshot, name, backend, index_ids={ref.repo_id}, module_name=module_name,
                                locked=locked)
         warm.LOADED[(str(cache.root()), prov.name, ref.repo_id, snapshot.commit, backend)] = module
@@ -302,26 +298,11 @@ def lock_entry(provider, name: str, *, revision=None, version=None, backend=None
     }
 
 
-def _fallback_last_resolved(prov, ref: KernelRef, rev: str | None, backend: str, exc: Exception,
-                            module_name: str | None = None):
-    """Network down for an unpinned revision: load the commit it resolved to last time, and say so once."""
-    commit = rev if is_commit(rev) else prov.last_resolved(ref, rev)
-    if commit is None:
-        return None
-    module = _warm(prov.name, ref.repo_id, commit, backend, module_name)
-    if module is not None and not is_commit(rev):
-        warning_once(
-            f"Could not reach the provider to resolve {ref.repo_id}@{rev or 'default'} ({exc.__class__.__name__}); "
-            f"loaded {commit[:12]}, the commit it resolved to last time."
-        )
-    return module
-
-
 def has_kernel(provider, name: str, *, revision=None, version=None, backend=None) -> bool:
-    """True if the kernel exists and JitKernels can load it for the backend; False for "not there"."""
+    """True if the kernel exists and JitKernels can load it for the backend; False for "not there" or broken."""
     try:
         return inspect_kernel(provider, name, revision=revision, version=version, backend=backend).supported
-    except (KernelNotFoundError, OfflineError):
+    except (KernelNotFoundError, OfflineError, BuildConfigError):
         return False
 
 

@@ -1,27 +1,39 @@
-"""Turn a planned kernel into a published cache entry holding its importable Python package.
+"""What goes into a Python kernel's cache entry, and the pieces native entries share.
 
 Python kernels: the package is copied (never modified in place: the Hub
 cache is shared) and, for source trees, given the ``_ops.py`` kernel-builder
 would generate. Native kernels reuse :func:`stage_package` and add the
-compiled library (see :mod:`jitkernels.native.builder`).
+compiled library (see :mod:`jitkernels.native.builder`). Making and
+publishing the entry is :func:`jitkernels.entries.obtain`'s job.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from . import cache
+from . import entries
 from .inspection import Inspection
 from .planning import SourcePlan, digest_files
-
-from .entries import MANIFEST, check_entry, discard_entry, precompile, write_manifest  # noqa: F401
 
 
 def module_name_for(python_name: str, backend: str, digest: str) -> str:
     """``_<python_name>_<backend>_<digest>``: kernel-builder's op-namespace shape, unique per content."""
     return f"_{python_name}_{backend}_{digest[:10]}"
+
+
+def entry_module_name(inspection: Inspection, plan: SourcePlan, digest: str) -> str:
+    """The module (and, for native kernels, op namespace) name a planned kernel is imported under.
+
+    Per content, except for a native kernel from a local folder: its op namespace is a define
+    of every translation unit, so it is per folder, and editing one file recompiles only the
+    units that depend on it (see :mod:`jitkernels.native.builder`).
+    """
+    if inspection.strategy != "python" and getattr(plan.snapshot, "kind", None) == "local":
+        digest = hashlib.sha256(str(plan.snapshot.location).encode()).hexdigest()
+    return module_name_for(inspection.python_name, inspection.backend, digest)
 
 
 def fetch_inputs(plan: SourcePlan) -> tuple[Path, list[str]]:
@@ -76,26 +88,15 @@ def prepare_python(inspection: Inspection, plan: SourcePlan) -> tuple[Inspection
     digest = digest_files(root, files)
     name = module_name_for(inspection.python_name, inspection.backend, digest)
     inspection = replace(inspection, module_name=name, digest=digest)
-    entry = cache.entry_dir(name)
-    if check_entry(entry) is None:
-        return inspection, entry
-    with cache.file_lock(f"entry:{name}"):
-        if check_entry(entry) is None:
-            return inspection, entry
-        staging = cache.staging_dir(name)
-        try:
-            package = staging / inspection.python_name
-            package.mkdir()
-            stage_package(plan, root, package, native=False)
-            if not (package / "_ops.py").exists():
-                (package / "_ops.py").write_text(ops_py(name, import_library=False))
-            write_manifest(staging, inspection)
-            precompile(staging, entry)
-            if entry.exists():  # damaged, or a leftover without manifest: replace it
-                discard_entry(entry)
-            cache.publish(staging, entry)
-        except OSError as exc:
-            raise cache.cache_error(staging, exc) from exc
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return inspection, entry
+
+    def fill(out: Path, _work) -> dict:
+        package = out / inspection.python_name
+        package.mkdir()
+        stage_package(plan, root, package, native=False)
+        if not (package / "_ops.py").exists():
+            (package / "_ops.py").write_text(ops_py(name, import_library=False))
+        return {}
+
+    recipe = entries.Recipe(name=name, what=f"{inspection.repo_id} ({inspection.backend})",
+                            inspection=inspection, fill=fill)
+    return inspection, entries.obtain(recipe)

@@ -3,17 +3,21 @@
 A git source is what a binary-only Hub repo names in a variant's
 ``metadata.json``: ``source`` (a git URL) at ``provenance.kernel.commit``.
 Only that commit is fetched (``git fetch --depth 1 <url> <commit>``) into
-``<cache>/sources/git/<url hash>/<commit>`` and published atomically.
+the cache entry ``git-<url hash>-<commit>/tree``, through the same lifecycle
+as every entry (:func:`jitkernels.entries.obtain`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
 from . import cache, config
+from .entries import Recipe, obtain
+from .warm import check_entry
 from .errors import BuildConfigError, FetchError, InvalidKernelNameError, OfflineError
 from .providers.base import KernelRef, Snapshot, is_commit
 
@@ -28,7 +32,7 @@ def _walk(root: Path) -> list[str]:
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
         rel = os.path.relpath(dirpath, root)
         for name in filenames:
-            if name.endswith(".pyc") or name == ".jitkernels-complete":
+            if name.endswith(".pyc"):
                 continue
             path = name if rel == "." else f"{rel}/{name}".replace(os.sep, "/")
             full = os.path.join(dirpath, name)
@@ -45,6 +49,8 @@ def _walk(root: Path) -> list[str]:
 
 class LocalSnapshot(Snapshot):
     """A kernel folder on disk: a source tree, a repo with ``build/``, or one build variant."""
+
+    trust = "local"  # the user's own folder (or a git source a trusted snapshot named)
 
     def __init__(self, ref: KernelRef, path: Path, commit: str | None = None, kind: str = "local"):
         self.ref = ref
@@ -112,42 +118,34 @@ def _check_git_url(url: str) -> str:
 
 
 def fetch_git_commit(ref: KernelRef, url: str, commit: str) -> LocalSnapshot:
-    """The tree of ``url`` at ``commit``, fetched once (that commit only) into the cache."""
+    """The tree of ``url`` at ``commit``, fetched once (that commit only) into a cache entry."""
     url = _check_git_url(url)
     if not is_commit(commit):
         raise BuildConfigError(f"Git source commit {commit!r} is not a full commit hash.")
-    final = cache.git_source_dir(url, commit)
-    if (final / ".jitkernels-complete").exists():
-        return LocalSnapshot(ref, final, commit=commit, kind="git")
+    name = f"git-{hashlib.sha256(url.encode()).hexdigest()[:16]}-{commit}"
+    if check_entry(cache.entry_dir(name)) is None:
+        return LocalSnapshot(ref, cache.entry_dir(name) / "tree", commit=commit, kind="git")
     if config.hf_offline():
         raise OfflineError(
             f"Offline: the source of {ref.repo_id} ({url} at {commit[:12]}) was never fetched. "
             f"Load it once with network access, then retry."
         )
-    with cache.file_lock(f"git:{url}:{commit}"):
-        if (final / ".jitkernels-complete").exists():
-            return LocalSnapshot(ref, final, commit=commit, kind="git")
-        staging = cache.staging_dir("git")
-        try:
-            steps = [
-                ["init", "-q", "."],
-                ["fetch", "-q", "--depth", "1", "--", url, commit],
-            ]
-            for step in steps:
-                result = _git(step, cwd=staging)
-                if result.returncode != 0:
-                    raise FetchError(
-                        f"Fetching the source of {ref.repo_id} failed: git {' '.join(step[:2])} {url} {commit[:12]}: "
-                        f"{result.stderr.strip()[-500:]}. Check that the commit exists and the URL is reachable."
-                    )
-            result = _git(["-c", "advice.detachedHead=false", "checkout", "-q", commit], cwd=staging)
+
+    def fill(out: Path, _work) -> dict:
+        tree = out / "tree"
+        tree.mkdir()
+        for step in (["init", "-q", "."], ["fetch", "-q", "--depth", "1", "--", url, commit]):
+            result = _git(step, cwd=tree)
             if result.returncode != 0:
-                raise FetchError(f"git checkout {commit[:12]} of {url} failed: {result.stderr.strip()[-500:]}")
-            shutil.rmtree(staging / ".git", ignore_errors=True)
-            (staging / ".jitkernels-complete").write_text(f"{url}\n{commit}\n")
-            if final.exists():
-                shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover
-            cache.publish(staging, final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return LocalSnapshot(ref, final, commit=commit, kind="git")
+                raise FetchError(
+                    f"Fetching the source of {ref.repo_id} failed: git {' '.join(step[:2])} {url} {commit[:12]}: "
+                    f"{result.stderr.strip()[-500:]}. Check that the commit exists and the URL is reachable."
+                )
+        result = _git(["-c", "advice.detachedHead=false", "checkout", "-q", commit], cwd=tree)
+        if result.returncode != 0:
+            raise FetchError(f"git checkout {commit[:12]} of {url} failed: {result.stderr.strip()[-500:]}")
+        shutil.rmtree(tree / ".git", ignore_errors=True)
+        return {"git": {"url": url, "commit": commit}}
+
+    recipe = Recipe(name=name, what=f"fetching the source of {ref.repo_id}", inspection=None, fill=fill)
+    return LocalSnapshot(ref, obtain(recipe) / "tree", commit=commit, kind="git")

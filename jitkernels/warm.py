@@ -1,16 +1,24 @@
 """The warm path: a pinned kernel already prepared here is one index read and one import.
 
-This module imports nothing heavy (no huggingface_hub, no tomllib, no
-dataclasses of ours, no cpp_extension): ``jitkernels.load`` with a commit
-hash tries it before touching the rest of the pipeline. Two indexes lead to an
-entry: by repository id (written after resolution) and by the name exactly as
-the caller wrote it (so a pinned load needs no name mapping).
+This module is the base of the cache runtime and imports nothing of ours but
+:mod:`jitkernels.config` (and :mod:`jitkernels.errors` / :mod:`jitkernels.log`,
+two leaves, only to raise or warn): ``jitkernels.load`` with a commit hash
+tries it before touching the rest of the pipeline, so a warm load is three
+modules of ours. The cold path builds on what is here, never the reverse:
 
-What every load needs lives here, so that the warm path is three modules of
-ours (``jitkernels``, ``jitkernels.config``, this one): the index key
-(:func:`env_key`), the per-load integrity rule (:func:`check_entry`), the
-cache-owner check (:func:`check_owner`) and the package import
-(:func:`import_package`). The cold path imports them from here too.
+* the small shared rules: :func:`is_commit`, :func:`component` (one safe path
+  component), :func:`read_json`;
+* the per-boot machine memo (:func:`machine_memo`: backend and GPU archs
+  without initialising CUDA; :mod:`jitkernels.environment` fills it);
+* the index key (:func:`env_key`), the per-load integrity rule
+  (:func:`check_entry`), the cache-owner check (:func:`check_owner`), the
+  trust rule for cached code (:func:`trusted`) and the package import
+  (:func:`import_package`).
+
+Two indexes lead to an entry: by repository id (written after resolution) and
+by the name exactly as the caller wrote it (so a pinned load needs no name
+mapping). A damaged entry makes the warm path step aside (``None``); the cold
+path reports it once, discards and rebuilds it.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -32,112 +41,102 @@ _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345678
 #: (cache root, provider, key, commit, backend) -> module, for repeated loads in one process.
 LOADED: dict[tuple, ModuleType] = {}
 
+#: How a kernel's publisher came to be trusted. Durable grants hold for every later load of that
+#: commit (they are facts about the publisher); the caller's own grants (``trust_remote_code``,
+#: ``JITKERNELS_TRUSTED``) hold only for the calls that give them again.
+DURABLE_GRANTS = frozenset({"default-list", "hub-flag", "local"})
 
-def _is_commit(revision) -> bool:
+
+# -- shared rules ---------------------------------------------------------------------------
+
+def is_commit(revision) -> bool:
+    """A full commit id (40 hex, or 64 for SHA-256 repositories)."""
     return isinstance(revision, str) and len(revision) in (40, 64) and set(revision) <= _HEX
 
 
-def _component(text: str) -> str:
-    # Same result as cache._component for the names and revisions it accepts (no urllib import).
-    return "r-" + text
+def component(text: str) -> str:
+    """One safe path component for arbitrary text (revisions may contain ``/`` or ``..``)."""
+    return "r-" + "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in text)
 
 
-def name_index_file(provider: str, name: str, commit: str, backend: str, envkey: str) -> Path | None:
-    """Index by the name as written (``triton_layer_norm``, ``org/name``); None for unusual names."""
-    parts = name.split("/")
-    org = config.hf_default_org()
-    if not all(p and set(p) <= _SAFE for p in (*parts, org)) or any(p in (".", "..") for p in parts):
-        return None
-    return config.cache_dir().joinpath(
-        "index", provider, "by-name", _component(org), *(_component(p) for p in parts), commit,
-        f"{backend}-{envkey}.json",
-    )
-
-
-def read_record(path: Path | None) -> dict | None:
+def read_json(path: Path | None) -> dict | None:
+    """The JSON object at ``path``, or ``None`` if missing, unreadable or not an object."""
     if path is None:
         return None
     try:
         with open(path, "rb") as fh:
-            record = json.loads(fh.read())
-    except (OSError, ValueError):
+            value = json.loads(fh.read())
+    except (OSError, ValueError, RecursionError):
         return None
-    return record if isinstance(record, dict) and "entry" in record else None
+    return value if isinstance(value, dict) else None
 
 
-def import_entry(record: dict, module_name: str | None = None) -> ModuleType | None:
-    """Import a published entry after the cheap integrity check; a damaged entry is discarded (None)."""
-    entry = config.cache_dir() / record["entry"]
-    problem = check_entry(entry)
-    if problem is not None:
-        if entry.exists():
-            from .entries import discard_entry
-            from .log import warning_once
+# -- the machine ------------------------------------------------------------------------------
 
-            warning_once(f"The cached kernel {entry.name} is damaged ({problem}); it is rebuilt.")
-            discard_entry(entry)
-        return None
-    return import_package(module_name or record["module"], entry / record["python_name"],
-                          what=record.get("repo_id", record["module"]))
-
-
-def _provider_name(provider) -> str:
-    value = getattr(provider, "value", provider)
-    if isinstance(value, str) and value.lower() in config.BUILTIN_PROVIDER_ALIASES:
-        return config.BUILTIN_PROVIDER_ALIASES[value.lower()]
-    from .providers import provider_name  # registered providers, and the error for unknown ones
-
-    return provider_name(provider)
-
-
-def try_load(provider, name: str, revision: str | None, backend: str | None,
-             module_name: str | None = None) -> ModuleType | None:
-    """The module for a pinned, already prepared kernel, or None (the caller takes the full pipeline)."""
-    if not _is_commit(revision) or config.local_kernels_spec():
-        return None
-    provider = _provider_name(provider)
-    check_owner()
-    if not isinstance(name, str):
-        return None
-    if backend is None:
-        if "torch" not in sys.modules:
-            return None  # let the pipeline report a missing torch clearly
-        from . import environment
-
-        backend = environment.local_backend()
-    key = (str(config.cache_dir()), provider, "name:" + name, revision, backend)
-    if key in LOADED:
-        return LOADED[key]
-    return load_indexed(name_index_file(provider, name, revision, backend, env_key(backend)), key, module_name)
-
-
-def load_indexed(index: Path | None, key: tuple, module_name: str | None = None,
-                 digest: str | None = None) -> ModuleType | None:
-    """Import the entry an index file points to (memoised under ``key``); None if absent or damaged.
-
-    ``digest``: only an entry made from exactly these inputs will do (a lock file's).
-    """
-    module = LOADED.get(key)
-    if module is not None and digest is None:
-        return module
-    record = read_record(index)
-    if record is None or (digest is not None and record.get("digest") != digest):
-        return None
-    module = import_entry(record, module_name)
-    if module is not None:
-        LOADED[key] = module
-    return module
-
-
-def env_key(backend: str) -> str:
-    """A short key for everything a prepared entry depends on besides its sources (the warm index key).
-
-    Read from attributes of already imported modules only (torch, sys, os): no import on the warm path
-    except, for CUDA, :mod:`jitkernels.environment` for the GPU archs.
-    """
+def _torch():
     torch = sys.modules.get("torch")
     if torch is None:
         import torch
+    return torch
+
+
+def static_backend(torch) -> str | None:
+    """``cpu`` when this torch build has no accelerator support at all; None when the GPUs must be asked."""
+    if torch.version.cuda is None and torch.version.hip is None and not getattr(torch.version, "xpu", None) \
+            and sys.platform != "darwin":
+        return "cpu"
+    return None
+
+
+def machine_key() -> str:
+    """Boot id, visible-device variables, NVIDIA device nodes and torch: any change means a new detection."""
+    parts = [
+        os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"),
+        os.environ.get("NVIDIA_VISIBLE_DEVICES", "<unset>"),
+        os.environ.get("HIP_VISIBLE_DEVICES", "<unset>"),
+        _torch().__version__,
+    ]
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            parts.append(fh.read().strip())
+    except OSError:
+        parts.append(str(os.getpid()))  # no boot id: never share the memo between processes
+    try:
+        parts.append(",".join(sorted(n for n in os.listdir("/dev") if re.match(r"^nvidia\d+$", n))))
+    except OSError:
+        pass
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
+
+
+def machine_memo_file() -> Path:
+    return config.cache_dir() / "machine" / f"{machine_key()}.json"
+
+
+def machine_memo() -> dict | None:
+    """``{"backend": "cuda", "archs": ["9.0"]}`` without asking the GPUs, or None (detection needed)."""
+    torch = _torch()
+    backend = static_backend(torch)
+    if backend is not None:
+        return {"backend": backend, "archs": []}
+    facts = read_json(machine_memo_file())
+    return facts if facts is not None and isinstance(facts.get("backend"), str) else None
+
+
+def archs_override() -> list[str] | None:
+    """``TORCH_CUDA_ARCH_LIST`` as a list, or None."""
+    value = config.cuda_arch_override()
+    return [a for a in re.split(r"[;\s,]+", value) if a] if value else None
+
+
+def env_key(backend: str, archs: list[str] | tuple[str, ...] = ()) -> str:
+    """A short key for everything a prepared entry depends on besides its sources (the warm index key).
+
+    Read from attributes of already imported modules and environment variables only (no
+    subprocess): torch's full version (``+cu130`` included), CUDA, Python ABI, platform, the
+    compiler variables and, for CUDA, the GPU archs. The compiler's own version is in the build
+    key (:mod:`jitkernels.native.spec`), checked when a kernel is resolved again.
+    """
+    torch = _torch()
     parts = [
         config.RECIPE_VERSION,
         backend,
@@ -147,29 +146,46 @@ def env_key(backend: str) -> str:
         getattr(sys, "abiflags", ""),
         os.uname().machine if hasattr(os, "uname") else "",
         sys.platform,
+        config.cxx(),
+        config.cc() or "",
     ]
     if backend == "cuda":
-        from . import environment
-
-        parts.append(",".join(environment.cuda_archs()))
+        parts.append(",".join(archs))
         parts.append(config.cuda_home() or "")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
+def _warm_env_key(backend: str) -> str | None:
+    if backend != "cuda":
+        return env_key(backend)
+    archs = archs_override()
+    if archs is None:
+        memo = machine_memo()
+        if memo is None:
+            return None
+        archs = memo.get("archs") or []
+    return env_key(backend, archs)
+
+
+# -- entries ------------------------------------------------------------------------------------
+
 def check_entry(entry: Path, full: bool = False) -> str | None:
     """``None`` if the published entry is intact, else what is wrong.
 
-    The cheap rule, run on every load: the manifest exists and every file it
-    lists has the recorded size (one ``stat`` per file, nothing read). With
-    ``full=True`` every file is also re-hashed (``jitkernels verify``).
+    The cheap rule, run on every load: the manifest is a JSON object whose
+    ``files`` maps each file to its size, and every file has that size (one
+    ``stat`` each, nothing read). With ``full=True`` every file is also
+    re-hashed against ``sha256`` (``jitkernels verify``).
     """
     manifest_path = entry / MANIFEST
-    try:
-        manifest = json.loads(manifest_path.read_bytes())
-        files = manifest["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"{manifest_path} is missing or unreadable"
+    manifest = read_json(manifest_path)
+    files = manifest.get("files") if manifest is not None else None
+    if not isinstance(files, dict) or not files or not all(
+            isinstance(rel, str) and type(size) is int for rel, size in files.items()):
+        return f"{manifest_path} is missing, unreadable or not a manifest"
     for rel, size in files.items():
+        if rel.startswith("/") or ".." in rel.split("/"):
+            return f"{manifest_path} lists {rel!r}, outside the entry"
         try:
             actual = os.stat(entry / rel).st_size
         except OSError:
@@ -177,7 +193,10 @@ def check_entry(entry: Path, full: bool = False) -> str | None:
         if actual != size:
             return f"{rel} is {actual} bytes, the manifest says {size}"
     if full:
-        for rel, digest in manifest.get("sha256", {}).items():
+        hashes = manifest.get("sha256")
+        if not isinstance(hashes, dict) or set(hashes) != set(files):
+            return f"{manifest_path} does not record a sha256 for every file"
+        for rel, digest in hashes.items():
             if hashlib.sha256((entry / rel).read_bytes()).hexdigest() != digest:
                 return f"{rel} does not match its recorded sha256"
     return None
@@ -201,7 +220,7 @@ def check_owner(path: Path | None = None) -> None:
     except OSError:
         return  # not created yet: we will create it, as ours
     if owner != os.geteuid() and not config.shared_cache_ok():
-        from .errors import CacheError  # noqa: F811
+        from .errors import CacheError
 
         raise CacheError(
             f"The JitKernels cache {path} belongs to another user (uid {owner}); loading kernels from it "
@@ -211,9 +230,114 @@ def check_owner(path: Path | None = None) -> None:
     _OWNER_CHECKED.add(key)
 
 
+def trusted(record: dict, caller_grant: str | None) -> bool:
+    """May the code an index record points to run for this call?
+
+    Yes if the caller grants trust now (``caller_grant``: ``trust_remote_code`` or
+    ``JITKERNELS_TRUSTED``), or if the record holds a durable grant (see :data:`DURABLE_GRANTS`).
+    """
+    return caller_grant is not None or record.get("trust") in DURABLE_GRANTS
+
+
+def caller_grant(repo_id: str | None, trust_remote_code) -> str | None:
+    """The trust the caller gives ``repo_id`` for this call, without asking anyone: a grant name or None."""
+    if trust_remote_code is True:
+        return "trust_remote_code"
+    if repo_id is None:
+        return None
+    if isinstance(trust_remote_code, (list, tuple, set, frozenset)) and repo_id in trust_remote_code:
+        return "trust_remote_code"
+    allowed = config.trusted_orgs_extra()
+    if repo_id in allowed or repo_id.split("/", 1)[0] in allowed:
+        return "JITKERNELS_TRUSTED"
+    if repo_id.split("/", 1)[0] in config.DEFAULT_TRUSTED_PUBLISHERS:
+        return "default-list"
+    return None
+
+
+def import_entry(record: dict, module_name: str | None = None) -> ModuleType | None:
+    """Import a published entry after the cheap integrity check; None if it is absent or damaged."""
+    entry = config.cache_dir() / record["entry"]
+    if check_entry(entry) is not None:
+        return None  # the cold path reports it once, discards and rebuilds it
+    return import_package(module_name or record["module"], entry / record["python_name"],
+                          what=record.get("repo_id", record["module"]))
+
+
+def load_indexed(index: Path | None, key: tuple, module_name: str | None = None, digest: str | None = None,
+                 grant: str | None = None) -> ModuleType | None:
+    """Import the entry an index file points to (memoised under ``key``); None if absent, damaged or untrusted.
+
+    ``digest``: only an entry made from exactly these inputs will do (a lock file's).
+    ``grant``: the trust the caller gives for this call (see :func:`trusted`).
+    """
+    module = LOADED.get(key)
+    if module is not None and digest is None:
+        return module
+    record = read_json(index)
+    if record is None or not isinstance(record.get("entry"), str) or not trusted(record, grant):
+        return None
+    if digest is not None and record.get("digest") != digest:
+        return None
+    module = import_entry(record, module_name)
+    if module is not None:
+        LOADED[key] = module
+    return module
+
+
+def name_index_file(provider: str, name: str, commit: str, backend: str, envkey: str) -> Path | None:
+    """Index by the name as written (``triton_layer_norm``, ``org/name``); None for unusual names."""
+    parts = name.split("/")
+    org = config.hf_default_org()
+    if not all(p and set(p) <= _SAFE for p in (*parts, org)) or any(p in (".", "..") for p in parts):
+        return None
+    return config.cache_dir().joinpath(
+        "index", provider, "by-name", component(org), *(component(p) for p in parts), commit,
+        f"{backend}-{envkey}.json",
+    )
+
+
+def try_load(provider, name: str, revision: str | None, backend: str | None,
+             module_name: str | None = None, trust_remote_code=False) -> ModuleType | None:
+    """The module for a pinned, already prepared kernel, or None (the caller takes the full pipeline)."""
+    if not is_commit(revision) or config.local_kernels_spec() or not isinstance(name, str):
+        return None
+    provider = config.BUILTIN_PROVIDER_ALIASES.get(str(getattr(provider, "value", provider)).lower())
+    if provider is None:
+        return None  # a registered provider of its own: the pipeline knows it
+    check_owner()
+    if backend is None:
+        if "torch" not in sys.modules:
+            return None  # let the pipeline report a missing torch clearly
+        memo = machine_memo()
+        if memo is None:
+            return None
+        backend = memo["backend"]
+    key = (str(config.cache_dir()), provider, "name:" + name, revision, backend)
+    if key in LOADED:
+        return LOADED[key]
+    envkey = _warm_env_key(backend)
+    if envkey is None:
+        return None
+    repo_id = name if "/" in name else f"{config.hf_default_org()}/{name.replace('_', '-')}"
+    return load_indexed(name_index_file(provider, name, revision, backend, envkey), key, module_name,
+                        grant=caller_grant(repo_id, trust_remote_code))
+
+
+#: package ``__init__.py`` -> the module made from it: one entry is one module, whatever name it was asked by.
+_BY_PACKAGE: dict[str, ModuleType] = {}
+
+
 def import_package(module_name: str, package_dir: Path, what: str) -> ModuleType:
-    """Import ``package_dir`` (a folder with ``__init__.py``) as ``module_name``; reuse it if already imported."""
+    """Import ``package_dir`` (a folder with ``__init__.py``) as ``module_name``; reuse it if already imported.
+
+    A package already imported from the same entry under another name (another alias of the
+    import hook, or ``jitkernels.load``) is that same module.
+    """
     init = package_dir / "__init__.py"
+    known = _BY_PACKAGE.get(str(init))
+    if known is not None and sys.modules.get(known.__name__) is known:
+        return known
     existing = sys.modules.get(module_name)
     if existing is not None and getattr(existing, "__file__", None) == str(init):
         return existing
@@ -253,4 +377,5 @@ def import_package(module_name: str, package_dir: Path, what: str) -> ModuleType
         if isinstance(exc, Exception):
             raise KernelImportError(f"{what}: the kernel's package raised while importing: {exc!r}") from exc
         raise
+    _BY_PACKAGE[str(init)] = module
     return module

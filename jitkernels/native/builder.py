@@ -1,10 +1,19 @@
-"""Execute a :class:`BuildSpec`: compile with ninja in a private staging folder, publish atomically.
+"""Execute a :class:`BuildSpec`: compile with ninja in a build workspace, hand the library to the lifecycle.
 
-The cache policy, in the manner of FlashInfer's ``JitSpec.build_and_load``:
-look for the published entry; else take the entry's file lock, look again
-(another process may have built it while we waited), build, publish with one
-rename. A second process that waited on the lock loads the result and never
-rebuilds. Failures keep the full log in ``<cache>/logs/`` and publish nothing.
+The cache policy (lock, re-check, stage, publish) is :func:`jitkernels.entries.obtain`;
+this module says what a native entry holds and how to compile it. Compiling
+happens in ``<cache>/builds/<workspace>/`` (sources, generated headers,
+objects, ninja's logs), owned by a lock:
+
+* a build that was interrupted (SIGKILL, OOM, timeout, Ctrl-C) leaves its
+  finished objects there, and the next builder reuses every object ninja
+  considers up to date (sources are copied in only when their content
+  changed, so their timestamps stay put);
+* a local kernel (``LOCAL_KERNELS``, ``load_local``) keeps one workspace per
+  folder and one op namespace per folder, so editing one file recompiles the
+  units that depend on it (ninja's depfiles), while the published entry is
+  still keyed by the new source digest. Hub kernels' workspaces are removed
+  once their entry is published.
 
 The ninja file is written here rather than by ``cpp_extension.load`` because
 kernel-builder applies flags per kernel section (a kernel's ``cuda-flags`` to
@@ -14,6 +23,7 @@ include and library folders and the CUDA home.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import shutil
@@ -24,111 +34,123 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .. import cache, config, environment
+from .. import cache, config, entries, environment
 from ..errors import BuildError, ToolchainError
 from ..inspection import Inspection
 from ..log import logger
 from ..planning import SourcePlan, digest_files
-from ..prepare import (
-    check_entry,
-    discard_entry,
-    fetch_inputs,
-    precompile,
-    module_name_for,
-    ops_py,
-    stage_package,
-    write_manifest,
-)
+from ..prepare import entry_module_name, fetch_inputs, ops_py, stage_package
 from .codegen import REGISTRATION_H
 from .spec import BuildSpec, make_spec
+
+
+def _is_local(plan: SourcePlan) -> bool:
+    return getattr(plan.snapshot, "kind", None) == "local"
 
 
 def prepare_spec(inspection: Inspection, plan: SourcePlan) -> tuple[Inspection, BuildSpec, Path, list[str]]:
     root, files = fetch_inputs(plan)
     digest = digest_files(root, files)
-    name = module_name_for(inspection.python_name, inspection.backend, digest)
+    name = entry_module_name(inspection, plan, digest)
     spec = make_spec(plan.config, inspection.repo_id, inspection.backend, inspection.kernels, name, digest)
     inspection = replace(inspection, module_name=name, expected_extension_name=name, digest=digest)
     return inspection, spec, root, files
 
 
-def entry_for(spec: BuildSpec) -> Path:
-    return cache.entry_dir(f"{spec.extension_name}-{spec.key()[:16]}")
+def entry_name(spec: BuildSpec) -> str:
+    return f"{spec.extension_name}-{spec.key()[:16]}"
 
 
 def build_native(inspection: Inspection, plan: SourcePlan) -> tuple[Inspection, Path]:
     """Return the published entry for this kernel and environment, compiling it if needed."""
     inspection, spec, root, files = prepare_spec(inspection, plan)
-    entry = entry_for(spec)
-    if check_entry(entry) is None:
-        return inspection, entry
-    if config.disable_build():
-        raise BuildError(
-            f"{inspection.repo_id} ({inspection.backend}) is not in the cache at {entry} and "
-            f"JITKERNELS_DISABLE_BUILD=1 forbids compiling it. Prebuild it with `jitkernels warmup` "
-            f"on a machine of this kind (same torch, CUDA, Python and GPU) and ship the cache."
-        )
-    lock = cache.file_lock(f"entry:{entry.name}")
-    try:
-        lock.acquire(timeout=0)
-    except Exception:  # filelock.Timeout: someone else is building it
-        logger.warning("Waiting for another process to finish building %s ...", spec.extension_name)
-        lock.acquire()
-    try:
-        if check_entry(entry) is None:
-            return inspection, entry
-        if entry.exists():  # damaged, or a leftover without manifest: never loaded, replaced
-            discard_entry(entry)
-        _build_and_publish(inspection, plan, spec, root, files, entry)
-    finally:
-        lock.release()
-    return inspection, entry
+    name = entry_name(spec)
+    local = _is_local(plan)
+    if local:
+        where = hashlib.sha256(f"{plan.snapshot.location}|{spec.backend}".encode()).hexdigest()[:16]
+        workspace = f"local-{spec.extension_name}-{where}"
+    else:
+        workspace = name
+
+    def fill(out: Path, work: Path) -> dict:
+        return _compile_into(inspection, plan, spec, root, files, out, work)
+
+    recipe = entries.Recipe(
+        name=name, what=f"building {inspection.repo_id} ({spec.backend})", inspection=inspection, fill=fill,
+        compiled=True, workspace=workspace, keep_workspace=local, log=cache.log_file(spec.extension_name),
+    )
+    return inspection, entries.obtain(recipe)
 
 
-def _build_and_publish(inspection, plan, spec, root, files, entry) -> None:
+def _compile_into(inspection, plan, spec, root, files, out: Path, work: Path) -> dict:
+    """Compile in ``work`` (reusing what is up to date there) and put the package into ``out``."""
     paths = toolchain_paths(spec)  # toolchain problems are ToolchainErrors, not cache errors
-    staging = cache.staging_dir(spec.extension_name)
-    try:
-        src = staging / "src"
-        for rel in files:
-            inner = rel[len(plan.root) + 1:] if plan.root else rel
-            dest = src / inner
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(root / rel, dest)
-        gen = staging / "gen"
-        gen.mkdir()
-        (gen / "registration.h").write_text(REGISTRATION_H)
-        (src / "torch-ext").mkdir(exist_ok=True)
-        if not (src / "torch-ext" / "registration.h").exists():
-            (src / "torch-ext" / "registration.h").write_text(REGISTRATION_H)
-        out = staging / "out"
-        package = out / inspection.python_name
-        package.mkdir(parents=True)
-        library = package / (spec.extension_name + environment.extension_suffix())
-        obj = staging / "obj"
-        obj.mkdir()
-        write_ninja(spec, src, gen, obj, library, paths)
-        run_ninja(spec, obj, cache.log_file(spec.extension_name))
-        stage_package(plan, root, package, native=True)
-        (package / "_ops.py").write_text(ops_py(spec.extension_name, import_library=True))
-        write_manifest(out, inspection, {"build_key": spec.key(), "spec": spec.describe()})
-        precompile(out, entry)
-        cache.publish(out, entry)
-    except OSError as exc:
-        raise cache.cache_error(staging, exc) from exc
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    src, gen, obj = work / "src", work / "gen", work / "obj"
+    wanted: dict[str, bytes | Path] = {}
+    for rel in files:
+        wanted[rel[len(plan.root) + 1:] if plan.root else rel] = root / rel
+    wanted.setdefault("torch-ext/registration.h", REGISTRATION_H.encode())
+    sync_tree(src, wanted)
+    sync_tree(gen, {"registration.h": REGISTRATION_H.encode()})
+    obj.mkdir(exist_ok=True)
+    library = work / "lib" / (spec.extension_name + environment.extension_suffix())
+    library.parent.mkdir(exist_ok=True)
+    write_ninja(spec, src, gen, obj, library, paths)
+    run_ninja(spec, obj, cache.log_file(spec.extension_name))
+    package = out / inspection.python_name
+    package.mkdir(parents=True)
+    shutil.copyfile(library, package / library.name)
+    stage_package(plan, root, package, native=True)
+    (package / "_ops.py").write_text(ops_py(spec.extension_name, import_library=True))
+    return {"build_key": spec.key(), "spec": spec.describe()}
+
+
+def sync_tree(folder: Path, wanted: dict[str, "bytes | Path"]) -> int:
+    """Make ``folder`` hold exactly ``wanted`` (relative path -> content or source file); returns files written.
+
+    A file whose content is already right is left alone, timestamp included: ninja then sees
+    that nothing changed and reuses the objects made from it.
+    """
+    written = 0
+    for rel, content in wanted.items():
+        dest = folder / rel
+        data = content.read_bytes() if isinstance(content, Path) else content
+        try:
+            if dest.stat().st_size == len(data) and dest.read_bytes() == data:
+                continue
+        except OSError:
+            pass
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_atomic(dest, data)
+        written += 1
+    keep = set(wanted)
+    if folder.is_dir():
+        for path in sorted(folder.rglob("*"), reverse=True):
+            rel = str(path.relative_to(folder)).replace(os.sep, "/")
+            if path.is_file() and rel not in keep:
+                path.unlink()
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+    return written
 
 
 # -- ninja -----------------------------------------------------------------------
 
 def _q(arg: str) -> str:
-    """Quote for the shell ninja runs, escaped for ninja itself."""
+    """A word of a command: quoted for the shell ninja runs, then escaped for ninja itself."""
     return shlex.quote(arg).replace("$", "$$")
 
 
 def _qs(args) -> str:
     return " ".join(_q(a) for a in args)
+
+
+def _path(path: Path | str) -> str:
+    """A path in a ninja ``build`` line, escaped as ninja_syntax does (``$``, spaces, colons)."""
+    text = str(path)
+    if "\n" in text:
+        raise ToolchainError(f"A build path cannot contain a newline: {text!r}")
+    return text.replace("$", "$$").replace(" ", "$ ").replace(":", "$:")
 
 
 def toolchain_paths(spec: BuildSpec) -> dict:
@@ -165,12 +187,16 @@ def _merge_std(common: tuple[str, ...], own: tuple[str, ...]) -> list[str]:
     return list(common) + list(own)
 
 
+def object_name(unit_path: str) -> str:
+    """The object file of a unit: named by its source path, so adding a unit renames no other object."""
+    return unit_path.replace("/", "__") + ".o"
+
+
 def write_ninja(spec: BuildSpec, src: Path, gen: Path, obj: Path, library: Path, paths: dict) -> Path:
-    cxx = os.environ.get("CXX", "c++")
     system = [f"-isystem {_q(p)}" for p in paths["includes"]]
     lines = [
         "ninja_required_version = 1.3",
-        f"cxx = {_q(cxx)}",
+        f"cxx = {_q(config.cxx())}",
         f"system_includes = {' '.join(system)}",
         "",
         "rule cxx",
@@ -181,7 +207,7 @@ def write_ninja(spec: BuildSpec, src: Path, gen: Path, obj: Path, library: Path,
         "",
     ]
     if paths["nvcc"]:
-        ccbin = f"-ccbin {_q(os.environ['CC'])} " if os.environ.get("CC") else ""
+        ccbin = f"-ccbin {_q(config.cc())} " if config.cc() else ""
         lines += [
             f"nvcc = {_q(paths['nvcc'])}",
             "rule cuda",
@@ -199,26 +225,31 @@ def write_ninja(spec: BuildSpec, src: Path, gen: Path, obj: Path, library: Path,
         "",
     ]
     objects = []
-    for index, unit in enumerate(spec.units):
-        stem = Path(unit.path).name.replace(".", "_")
-        obj_path = obj / f"{index:03d}_{stem}.o"
+    for unit in spec.units:
+        obj_path = obj / object_name(unit.path)
         objects.append(obj_path)
         includes = [f"-I{src / inc}" for inc in unit.includes if inc] + [f"-I{src}", f"-I{gen}"]
         common = spec.cuda_flags if unit.language == "cuda" else spec.cxx_flags
         flags = _merge_std(common, unit.flags) + includes
         lines += [
-            f"build {_q(str(obj_path))}: {'cuda' if unit.language == 'cuda' else 'cxx'} {_q(str(src / unit.path))}",
+            f"build {_path(obj_path)}: {'cuda' if unit.language == 'cuda' else 'cxx'} {_path(src / unit.path)}",
             f"  flags = {_qs(flags)}",
         ]
     ldflags = [*paths["libs"], *spec.link_flags]
     lines += [
-        f"build {_q(str(library))}: link {' '.join(_q(str(o)) for o in objects)}",
+        f"build {_path(library)}: link {' '.join(_path(o) for o in objects)}",
         f"  ldflags = {_qs(ldflags)}",
-        f"default {_q(str(library))}",
+        f"default {_path(library)}",
         "",
     ]
     ninja_file = obj / "build.ninja"
-    ninja_file.write_text("\n".join(lines))
+    sync_file = "\n".join(lines).encode()
+    try:
+        unchanged = ninja_file.read_bytes() == sync_file
+    except OSError:
+        unchanged = False
+    if not unchanged:
+        cache.write_atomic(ninja_file, sync_file)
     return ninja_file
 
 

@@ -3,16 +3,18 @@
 :func:`make_spec` turns a parsed ``build.toml`` (for one backend) plus the
 local toolchain into a :class:`BuildSpec`; the builder only executes specs.
 ``BuildSpec.key()`` is the cache key: every input file's digest, every flag,
-torch (or stable-ABI) version, CUDA versions, GPU archs, Python ABI tag
-(``cp313t`` for free-threaded builds), platform and the recipe version.
+torch (or stable-ABI) version and torch's build (``+cu130``), CUDA versions,
+GPU archs, the host compilers and their versions, Python ABI tag (``cp313t``
+for free-threaded builds), platform and the recipe version.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import subprocess
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 from .. import config, environment
 from ..buildconfig import BuildConfig
@@ -79,9 +81,32 @@ def target_archs(backend: str) -> list[str]:
     return archs
 
 
+@lru_cache(maxsize=None)
+def _compiler_version(compiler: str) -> str:
+    """The first line of ``<compiler> --version`` (``g++ (Debian 12.2.0-14) 12.2.0``), or why there is none."""
+    try:
+        out = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"unavailable: {exc.__class__.__name__}"
+    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr).strip() else "?"
+
+
+def toolchain_identity() -> tuple[tuple[str, str], ...]:
+    """The host compilers (``CXX``, ``CC``) by name and version: another compiler gives another build key."""
+    facts = {"cxx": config.cxx(), "cxx_version": _compiler_version(config.cxx())}
+    if config.cc():
+        facts["cc"] = config.cc()
+        facts["cc_version"] = _compiler_version(config.cc())
+    return tuple(facts.items())
+
+
 def toolchain_facts(backend: str) -> tuple[tuple[str, str], ...]:
+    import torch
+
     facts = {
         "torch": environment.torch_version(),
+        "torch_build": torch.__version__,  # the local part (+cpu, +cu130) is another build of torch
+        **dict(toolchain_identity()),
         "torch_cuda": str(environment.torch_cuda_version()),
         "python": environment.python_abi_tag(),
         "platform": environment.platform_tag(),
@@ -135,8 +160,8 @@ def make_spec(config_: BuildConfig, kernel: str, backend: str, kernels: tuple[st
     defines = F.common_defines(extension_name, backend, stable, environment.cxx11_abi())
     cxx = [*defines, *F.release_flags(), *F.host_cxx_flags(), *F.cxx_standard(torch_mm)]
     cuda = [*defines, *F.release_flags(), *F.NVCC_COMMON, *F.nvcc_host_flags(), *F.cxx_standard(torch_mm)]
-    if os.environ.get("NVCC_THREADS", "").isdigit():
-        cuda.append(f"--threads={os.environ['NVCC_THREADS']}")
+    if config.nvcc_threads() is not None:
+        cuda.append(f"--threads={config.nvcc_threads()}")
     return BuildSpec(
         extension_name=extension_name,
         kernel=kernel,
