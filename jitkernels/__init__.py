@@ -8,6 +8,8 @@ imported on first use.
 
 from __future__ import annotations
 
+import sys
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -21,6 +23,49 @@ __all__ = [
     "JitKernelsError",
     "__version__",
 ]
+
+
+class _HubBootstrap:
+    """Last on ``sys.meta_path``: makes ``jitkernels.hub.<alias>`` importable from any thread.
+
+    The real finder (:class:`jitkernels.hub.HubFinder`) is installed when the package
+    ``jitkernels.hub`` has run, but another thread can see that package in ``sys.modules``
+    while it still runs, and would then find no finder for ``jitkernels.hub.hf``. A finder
+    must not wait (the import system calls it under its global lock), so this one answers
+    with a loader that waits (under the module's own lock) for ``jitkernels.hub`` and hands
+    over to the real finder. Every other name costs one ``str.startswith``, and only for
+    names no other finder found.
+    """
+
+    @staticmethod
+    def find_spec(fullname, path=None, target=None):
+        if not fullname.startswith("jitkernels.hub.") or fullname.count(".") != 2:
+            return None
+        hub = sys.modules.get("jitkernels.hub")
+        if hub is not None and not getattr(getattr(hub, "__spec__", None), "_initializing", False):
+            return None  # jitkernels.hub has run: its finder answers, unless uninstalled on purpose
+        import importlib.machinery
+
+        return importlib.machinery.ModuleSpec(fullname, _HubBootstrap, is_package=True)
+
+    @staticmethod
+    def create_module(spec):
+        return None
+
+    @staticmethod
+    def exec_module(module):
+        import importlib
+
+        hub = importlib.import_module("jitkernels.hub")  # waits for a concurrent first import to finish
+        real = hub.HubFinder.find_spec(module.__name__)
+        if real is None:
+            raise ModuleNotFoundError(f"No module named {module.__name__!r}", name=module.__name__)
+        module.__spec__, module.__loader__ = real, real.loader
+        real.loader.exec_module(module)
+
+
+if _HubBootstrap.__qualname__ not in {getattr(f, "__qualname__", None) for f in sys.meta_path}:
+    sys.meta_path.append(_HubBootstrap)
 
 
 def __getattr__(name: str):
@@ -37,12 +82,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'jitkernels' has no attribute {name!r}")
 
 
-def _locked_env() -> bool:
-    import os
-
-    return bool(os.environ.get("JITKERNELS_LOCKFILE"))
-
-
 def load(provider, name: str, *, revision: str | None = None, version: int | None = None,
          backend: str | None = None, trust_remote_code: bool | list[str] = False):
     """Load kernel ``name`` of ``provider`` and return its Python module.
@@ -52,12 +91,13 @@ def load(provider, name: str, *, revision: str | None = None, version: int | Non
     (``cuda`` if a GPU is visible, else ``cpu``). Python kernels are imported
     from source, native ones compiled on first use and cached.
     """
-    if version is None and isinstance(revision, str) and len(revision) in (40, 64) and not _locked_env():
-        from .warm import try_load  # a pinned, prepared kernel: one index read, one import
+    if version is None and isinstance(revision, str) and len(revision) in (40, 64):
+        from . import config, warm  # a pinned, prepared kernel: one index read, one import
 
-        module = try_load(provider, name, revision, backend)
-        if module is not None:
-            return module
+        if config.lockfile() is None:
+            module = warm.try_load(provider, name, revision, backend, trust_remote_code=trust_remote_code)
+            if module is not None:
+                return module
     from .pipeline import load_kernel
 
     return load_kernel(provider, name, revision=revision, version=version, backend=backend,

@@ -254,8 +254,9 @@ def parse_build_toml(text: str | bytes, origin: str = "build.toml") -> BuildConf
             raise BuildConfigError(f"{origin}: not UTF-8 text ({exc}).") from exc
     try:
         data = _toml.loads(text)
-    except _toml.TOMLDecodeError as exc:
-        raise BuildConfigError(f"{origin}: invalid TOML: {exc}. Fix the file (it must be kernel-builder's build.toml).") from exc
+    except (_toml.TOMLDecodeError, RecursionError, ValueError) as exc:
+        what = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise BuildConfigError(f"{origin}: invalid TOML: {what}. Fix the file (it must be kernel-builder's build.toml).") from exc
     top = _Reader(data, "top level", origin)
     general = _Reader(top.get("general", dict, required=True), "[general]", origin)
 

@@ -8,7 +8,7 @@ kernel of kernels-community without a network or a compiler.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from .buildconfig import BuildConfig
 
@@ -166,7 +166,6 @@ class Inspection:
     stable_abi: str | None = None
     edition: int | None = None
     digest: str | None = None
-    extra: dict = field(default_factory=dict, compare=False)
 
     @property
     def supported(self) -> bool:
@@ -174,7 +173,6 @@ class Inspection:
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        data.pop("extra", None)
         for key, value in data.items():
             if isinstance(value, tuple):
                 data[key] = list(value)
@@ -182,9 +180,3 @@ class Inspection:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Inspection":
-        names = {f for f in cls.__dataclass_fields__}
-        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names}
-        return cls(**kwargs)

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import config
 from .errors import LockfileError
 
 
@@ -36,8 +36,7 @@ class LockedKernel:
 
 
 def lockfile_path() -> Path | None:
-    value = os.environ.get("JITKERNELS_LOCKFILE")
-    return Path(value).expanduser() if value else None
+    return config.lockfile()
 
 
 def read_lock(path: Path) -> dict[str, LockedKernel]:
@@ -105,4 +104,10 @@ def verify(locked: LockedKernel, actual: dict[str, str]) -> None:
 
 
 def write_lock(path: Path, entries: list[dict]) -> None:
-    Path(path).write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
+    """Write the lock file atomically (a crash leaves the previous one whole)."""
+    from .cache import write_atomic
+
+    try:
+        write_atomic(Path(path), (json.dumps(entries, indent=2, sort_keys=True) + "\n").encode())
+    except OSError as exc:
+        raise LockfileError(f"Cannot write the lock file {path}: {exc.strerror or exc}.") from exc

@@ -25,8 +25,9 @@ class VariantMetadata:
 def parse_metadata(text: str | bytes, origin: str = "metadata.json") -> VariantMetadata:
     try:
         data = json.loads(text)
-    except ValueError as exc:
-        raise BuildConfigError(f"{origin}: invalid JSON ({exc}).") from exc
+    except (ValueError, RecursionError) as exc:
+        what = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise BuildConfigError(f"{origin}: invalid JSON ({what}).") from exc
     if not isinstance(data, dict):
         raise BuildConfigError(f"{origin}: must be a JSON object.")
     provenance = data.get("provenance") or {}

@@ -16,6 +16,8 @@ the sources or Python package the strategy needs); never a binary.
 
 from __future__ import annotations
 
+import keyword
+
 import hashlib
 import re
 from dataclasses import dataclass, replace
@@ -39,9 +41,6 @@ class SourcePlan:
     config: BuildConfig | None
     kind: str  # "source-tree" | "noarch-payload" | "git"
 
-    def rel(self, path: str) -> str:
-        return f"{self.root}/{path}" if self.root else path
-
 
 def _prefix(root: str, path: str) -> str:
     return f"{root}/{path}" if root else path
@@ -58,7 +57,7 @@ def _variants(files: frozenset[str], prefix: str) -> dict[str, list[str]]:
     return {v: fs for v, fs in found.items() if variant_backend(v) is not None}
 
 
-def _base(snapshot: Snapshot, asked: str, backend: str, toolchain: insp.Toolchain):
+def _base(snapshot: Snapshot, asked: str, backend: str):
     return dict(
         provider=snapshot.ref.provider,
         name=asked,
@@ -72,7 +71,7 @@ def _base(snapshot: Snapshot, asked: str, backend: str, toolchain: insp.Toolchai
 
 def plan(snapshot: Snapshot, asked: str, backend: str, toolchain: insp.Toolchain, ignore_bounds: bool = False):
     """Decide the strategy for ``backend``; returns ``(Inspection, SourcePlan | None)``."""
-    base = _base(snapshot, asked, backend, toolchain)
+    base = _base(snapshot, asked, backend)
     files = snapshot.files
     local_kind = getattr(snapshot, "kind", None)
 
@@ -95,14 +94,14 @@ def plan(snapshot: Snapshot, asked: str, backend: str, toolchain: insp.Toolchain
     noarch_order = [f"torch-{backend}", "torch-universal", ""]  # "": a local folder that is one variant
     for variant in noarch_order:
         if variant in variants and (variant or _is_python_only(variants[variant])):
-            return _plan_payload(snapshot, prefix, variant, base, backend)
+            return _plan_payload(snapshot, prefix, variant, base)
 
     arch = {v: fs for v, fs in variants.items() if noarch_variant_backend(v) is None}
     if not arch:
         have = ", ".join(sorted(v for v in variants if v)) or "none"
         return _unsupported(base, insp.NO_BACKEND,
                             f"Only Python payloads for other backends ({have}); none for {backend}."), None
-    return _plan_from_metadata(snapshot, prefix, arch, base, asked, backend, toolchain, ignore_bounds)
+    return _plan_from_metadata(snapshot, prefix, arch, base, backend, toolchain, ignore_bounds)
 
 
 def _is_python_only(files: list[str]) -> bool:
@@ -203,7 +202,7 @@ def _missing_inputs(snapshot, config, backend, root, kernels) -> list[str]:
     return missing
 
 
-def _plan_payload(snapshot, prefix, variant, base, backend):
+def _plan_payload(snapshot, prefix, variant, base):
     vroot = f"{prefix}{variant}".rstrip("/")
     files = snapshot.files
     init_here = f"{vroot}/__init__.py" if vroot else "__init__.py"
@@ -219,6 +218,11 @@ def _plan_payload(snapshot, prefix, variant, base, backend):
         name = python_name if python_name in candidates else (candidates[0] if candidates else None)
         if name is None:
             raise BuildConfigError(f"{snapshot.location}: build variant {vroot} has no Python package (__init__.py).")
+        if not name.isidentifier() or keyword.iskeyword(name):
+            raise BuildConfigError(
+                f"{snapshot.location}: the Python package {vroot + '/' if vroot else ''}{name} of this build variant "
+                f"is not a valid package name (letters, digits and '_', not starting with a digit)."
+            )
         python_name = name
         package = f"{vroot}/{name}" if vroot else name
     inspection = insp.Inspection(
@@ -231,7 +235,7 @@ def _plan_payload(snapshot, prefix, variant, base, backend):
     return inspection, SourcePlan(snapshot, vroot, patterns, package, None, "noarch-payload")
 
 
-def _plan_from_metadata(snapshot, prefix, arch, base, asked, backend, toolchain, ignore_bounds):
+def _plan_from_metadata(snapshot, prefix, arch, base, backend, toolchain, ignore_bounds):
     from .sources import fetch_git_commit
 
     ours = sorted(v for v in arch if variant_backend(v) == backend)

@@ -7,11 +7,11 @@ See :mod:`jitkernels.hub` for the documented formats.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .. import config
 from ..errors import InvalidKernelNameError, LockfileError
 
 PINS_ENV = "JITKERNELS_PINS"
@@ -174,7 +174,7 @@ def lookup(provider, name: str) -> Pin | None:
         found = _EXPLICIT.get(k)
     if found is not None:
         return found
-    for path in filter(None, os.environ.get(PINS_ENV, "").split(os.pathsep)):
+    for path in config.pins_files():
         found = _file_pins(path).get(k)
         if found is not None:
             return found
@@ -189,5 +189,10 @@ def write(path, pins=None) -> Path:
         entry = {k: v for k, v in asdict(p).items() if k != "source" and v not in (None, False)}
         data["pins"].append(entry)
     path = Path(path)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    from ..cache import write_atomic
+
+    try:
+        write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
+    except OSError as exc:
+        raise LockfileError(f"Cannot write the pin file {path}: {exc.strerror or exc}.") from exc
     return path

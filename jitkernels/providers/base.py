@@ -8,19 +8,12 @@ module that registers itself in :mod:`jitkernels.providers`.
 from __future__ import annotations
 
 import fnmatch
-import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InvalidKernelNameError
 
-_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$|^[0-9a-f]{64}$")
-
-
-def is_commit(revision: str | None) -> bool:
-    """A full commit hash: the only revision that can never move."""
-    return bool(revision) and bool(_COMMIT_RE.match(revision))  # type: ignore[arg-type]
+from ..warm import is_commit  # noqa: F401  (a full commit hash: the only revision that can never move)
 
 
 @dataclass(frozen=True)
@@ -50,6 +43,8 @@ class Snapshot(ABC):
     requested: str | None
     #: Every file path (``/``-separated, relative to the revision root).
     files: frozenset[str]
+    #: Who trusts this snapshot's code (see :data:`jitkernels.warm.DURABLE_GRANTS`): set by ``resolve``.
+    trust: str | None = None
 
     @property
     @abstractmethod
@@ -101,15 +96,3 @@ class Provider(ABC):
     @abstractmethod
     def last_resolved(self, ref: KernelRef, revision: str | None) -> str | None:
         """The commit that ``revision`` resolved to last time, from local state only (offline fallback)."""
-
-
-def check_relative_path(path: str, what: str) -> str:
-    """Refuse paths that could escape a folder: absolute, ``..``, NUL, backslashes."""
-    if not path or "\x00" in path or "\\" in path:
-        raise InvalidKernelNameError(f"{what} {path!r} is not a valid relative path.")
-    if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
-        raise InvalidKernelNameError(f"{what} {path!r} is absolute; only paths inside the kernel are allowed.")
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    if any(p == ".." for p in parts):
-        raise InvalidKernelNameError(f"{what} {path!r} contains '..'; only paths inside the kernel are allowed.")
-    return "/".join(parts)

@@ -28,7 +28,7 @@ from ..errors import (
     RevisionNotFoundError,
     TrustError,
 )
-from ..log import warning_once
+from ..warm import caller_grant
 from .base import KernelRef, Provider, Snapshot, is_commit
 
 _PART_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
@@ -36,9 +36,6 @@ _PART_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
 _KERNEL_RE = re.compile(r"^[A-Za-z](?:[A-Za-z0-9_-]{0,94}[A-Za-z0-9])?$")
 _REPO_TYPES = ("kernel", "model")
 
-#: Publishers trusted without asking the Hub (upstream also trusts any organisation
-#: the Hub flags ``trustedKernelPublisher``). ``JITKERNELS_TRUSTED`` adds more.
-DEFAULT_TRUSTED = frozenset({"kernels-community"})
 _VERSION_BRANCH_RE = re.compile(r"^v(\d+)$")
 
 
@@ -135,32 +132,31 @@ class HfKernelsProvider(Provider):
             pass  # only an offline fallback; never fail a load for it
 
     def resolve(self, ref, revision, *, offline, trust_remote_code=False) -> HfSnapshot:
+        """Resolve to a commit and decide trust: asked of the Hub online, read from our records offline."""
         if offline:
             snapshot = self._resolve_offline(ref, revision)
-            if not self._trusted_locally(ref, trust_remote_code):
-                warning_once(
-                    f"Offline: the publisher of {ref.repo_id} cannot be checked; loading it because it is in "
-                    f"the local cache (it was trusted when it was fetched)."
-                )
+            snapshot.trust = self._offline_grant(ref, snapshot.commit, trust_remote_code)
             return snapshot
         snapshot = self._resolve_online(ref, revision)
-        self.check_trust(ref, trust_remote_code)
+        snapshot.trust = self.check_trust(ref, trust_remote_code)
+        if snapshot.trust == "hub-flag":
+            self._record_grant(ref, snapshot.commit)
         return snapshot
 
     # -- trust -------------------------------------------------------------------
-    def _trusted_locally(self, ref: KernelRef, trust_remote_code) -> bool:
-        org = ref.repo_id.split("/", 1)[0]
-        if trust_remote_code is True:
-            return True
-        if isinstance(trust_remote_code, (list, tuple, set)) and ref.repo_id in trust_remote_code:
-            return True
-        allowed = DEFAULT_TRUSTED | set(config.trusted_orgs_extra())
-        return org in allowed or ref.repo_id in allowed
+    #
+    # One rule for every load, pinned or not, online or offline: a kernel's code runs only if this
+    # call grants trust (trust_remote_code, JITKERNELS_TRUSTED), its publisher is on the default
+    # list, or the Hub flags its publisher ``trustedKernelPublisher``: asked online, and recorded
+    # per commit under <cache>/trust/ so that an offline load of that commit can rely on it. A
+    # caller's grant is never recorded: loading a commit once with trust_remote_code=True does not
+    # make it loadable without it later.
 
-    def check_trust(self, ref: KernelRef, trust_remote_code=False) -> None:
-        """Trusted publishers load by default; anything else needs ``trust_remote_code`` or the allow-list."""
-        if self._trusted_locally(ref, trust_remote_code):
-            return
+    def check_trust(self, ref: KernelRef, trust_remote_code=False) -> str:
+        """How ``ref`` is trusted (a grant name, see :data:`jitkernels.warm.DURABLE_GRANTS`), or :class:`TrustError`."""
+        grant = caller_grant(ref.repo_id, trust_remote_code)
+        if grant is not None:
+            return grant
         org = ref.repo_id.split("/", 1)[0]
         try:
             overview = self._api().get_organization_overview(org)
@@ -173,6 +169,30 @@ class HfKernelsProvider(Provider):
                 f"If you trust it, pass trust_remote_code=True (or trust_remote_code=[{ref.repo_id!r}]), "
                 f"or add {org!r} or {ref.repo_id!r} to JITKERNELS_TRUSTED (comma separated)."
             )
+        return "hub-flag"
+
+    def _record_grant(self, ref: KernelRef, commit: str) -> None:
+        import time
+
+        try:
+            cache.write_json(cache.trust_file(self.name, ref.repo_id, commit), {
+                "repo_id": ref.repo_id, "commit": commit, "granted_by": "hub-flag", "time": time.time()})
+        except OSError:
+            pass  # a read-only cache: offline loads of this commit will need trust_remote_code
+
+    def _offline_grant(self, ref: KernelRef, commit: str, trust_remote_code) -> str:
+        grant = caller_grant(ref.repo_id, trust_remote_code)
+        if grant is not None:
+            return grant
+        record = cache.read_json(cache.trust_file(self.name, ref.repo_id, commit))
+        if record and record.get("granted_by") == "hub-flag" and record.get("commit") == commit:
+            return "hub-flag"
+        raise TrustError(
+            f"Offline: kernel {ref.repo_id}@{commit[:12]} is not from a trusted publisher, and no record shows "
+            f"that the Hub flagged its publisher when it was loaded here (files in the Hugging Face cache alone "
+            f"prove nothing). If you trust it, pass trust_remote_code=True (or trust_remote_code=[{ref.repo_id!r}]), "
+            f"or add it to JITKERNELS_TRUSTED; or load it once online."
+        )
 
     def _api(self):
         from huggingface_hub import HfApi
@@ -217,7 +237,7 @@ class HfKernelsProvider(Provider):
             self._remember(ref, revision, commit, repo_type)
             return HfSnapshot(ref, repo_type, commit, rev, files, offline=False)
         raise KernelNotFoundError(
-            f"Kernel repository {ref.repo_id!r} was not found on {_endpoint()} (as a kernel or model repo). "
+            f"Kernel repository {ref.repo_id!r} was not found on {config.hf_endpoint()} (as a kernel or model repo). "
             f"Check the name (bare names map to {config.hf_default_org()}/<name>), or log in if it is private."
         ) from last_error
 
@@ -278,10 +298,6 @@ class HfKernelsProvider(Provider):
             f"was never fetched on this machine. Load it once with network access, or run "
             f"`jitkernels warmup {ref.repo_id}`, then retry."
         )
-
-
-def _endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
 
 
 def _version() -> str:
