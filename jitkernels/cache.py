@@ -38,7 +38,7 @@ from pathlib import Path
 
 from . import config
 from .errors import CacheError, JitKernelsError
-from .warm import component, read_json  # noqa: F401  (read_json: the cold path's reader too)
+from .warm import component
 
 #: Private folders whose lock is free are swept; a folder without a lock file is left for this long.
 ORPHAN_AGE = 24 * 3600.0
@@ -52,10 +52,6 @@ def root() -> Path:
 
 def _repo_parts(repo_id: str) -> list[str]:
     return [component(part) if part in (".", "..") else part for part in repo_id.split("/")]
-
-
-def refs_file(provider: str, repo_id: str, revision: str) -> Path:
-    return root().joinpath("refs", provider, *_repo_parts(repo_id), component(revision) + ".json")
 
 
 def index_file(provider: str, repo_id: str, commit: str, backend: str, envkey: str) -> Path:
@@ -98,18 +94,49 @@ def guard(path: Path):
         raise cache_error(path, exc) from exc
 
 
+_UMASK: list[int] = []
+
+
+def umask() -> int:
+    """The process umask (read once: reading it means setting it)."""
+    if not _UMASK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        _UMASK.append(mask)
+    return _UMASK[0]
+
+
+def make_dirs(path: Path) -> None:
+    """``mkdir -p`` whose folders are never world-writable, whatever the umask (cache folders hold code)."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o775)
+        except FileExistsError:
+            continue
+        os.chmod(folder, 0o777 & ~umask() & ~0o002)
+
+
 def ensure_dir(path: Path) -> Path:
     """Create ``path`` (and parents) or raise a :class:`CacheError` that names it and ``JITKERNELS_CACHE``."""
     with guard(path):
-        path.mkdir(parents=True, exist_ok=True)
+        make_dirs(path)
     return path
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and one rename: never half a file. Raises OSError."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``data`` to ``path`` through a temporary file and one rename: never half a file. Raises OSError.
+
+    The file gets the user's umask (never world-writable), as a plain write would: a cache
+    prebuilt by one user is read by others.
+    """
+    make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~umask() & ~0o002)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
@@ -198,6 +225,9 @@ def sweep(base: Path, lock_of=None, max_idle: float | None = None) -> None:
     now = time.time()
     for name in names:
         folder = base / name
+        if lock_of is None and name.endswith(".lock") and not (base / name[:-5]).exists():
+            _remove_orphan_lock(base / name)
+            continue
         if name.endswith(".lock") or not folder.is_dir():
             continue
         try:
@@ -223,3 +253,19 @@ def sweep(base: Path, lock_of=None, max_idle: float | None = None) -> None:
                     os.unlink(lock_file)
         finally:
             lock.release()
+
+
+def _remove_orphan_lock(lock_file: Path) -> None:
+    """A staging lock whose folder is gone: removed once nobody holds it."""
+    import filelock
+
+    lock = filelock.FileLock(str(lock_file), is_singleton=False)
+    try:
+        lock.acquire(timeout=0)
+    except (filelock.Timeout, OSError):
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.unlink(lock_file)
+    finally:
+        lock.release()

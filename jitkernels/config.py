@@ -32,11 +32,17 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+_ABSOLUTE: dict[str, Path] = {}
+
+
 def cache_dir() -> Path:
     """``JITKERNELS_CACHE``, else ``$XDG_CACHE_HOME/jitkernels``, else ``~/.cache/jitkernels``."""
     explicit = os.environ.get("JITKERNELS_CACHE")
     if explicit:
-        return Path(explicit).expanduser()
+        path = _ABSOLUTE.get(explicit)
+        if path is None:  # a relative folder is taken from where the process was when it first asked
+            path = _ABSOLUTE[explicit] = Path(os.path.abspath(Path(explicit).expanduser()))
+        return path
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "jitkernels"

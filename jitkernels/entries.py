@@ -31,7 +31,7 @@ from typing import Callable
 from . import cache, config, environment, locks
 from .errors import BuildError, CacheError
 from .log import logger, warning_once
-from .warm import MANIFEST, check_entry, check_owner, env_key, name_index_file
+from .warm import MANIFEST, check_entry, check_owner, env_key, local_memo_file, name_index_file
 
 
 @dataclass(frozen=True)
@@ -137,8 +137,7 @@ def precompile(staged: Path, final: Path) -> None:
 
 def _apply_umask(folder: Path) -> None:
     """mkdtemp/mkstemp make private (0700/0600) items; published entries get the user's umask instead."""
-    mask = os.umask(0)
-    os.umask(mask)
+    mask = cache.umask()
     for path in [folder, *folder.rglob("*")]:
         mode = 0o777 if path.is_dir() or os.stat(path).st_mode & 0o111 else 0o666
         with contextlib.suppress(OSError):
@@ -166,15 +165,7 @@ def index(provider: str, repo_ids, names, commit: str, backend: str, inspection,
     An index is only a shortcut: a cache where it cannot be written (read-only, shipped to a
     fleet) still loads, through the pipeline.
     """
-    record = {
-        "module": inspection.module_name,
-        "python_name": inspection.python_name,
-        "entry": str(entry.relative_to(cache.root())),
-        "repo_id": inspection.repo_id,
-        "strategy": inspection.strategy,
-        "digest": inspection.digest,
-        "trust": trust,
-    }
+    record = _record(inspection, entry, trust)
     envkey = index_env_key(backend)
     paths = [cache.index_file(provider, repo_id, commit, backend, envkey) for repo_id in sorted(set(repo_ids))]
     paths += [p for p in (name_index_file(provider, n, commit, backend, envkey) for n in names) if p]
@@ -183,3 +174,28 @@ def index(provider: str, repo_ids, names, commit: str, backend: str, inspection,
             cache.write_json(path, record)
         except CacheError as exc:
             logger.debug("jitkernels: warm index not written: %s", exc)
+
+
+def _record(inspection, entry: Path, trust: str | None) -> dict:
+    """What the warm path needs to import an entry (see :func:`jitkernels.warm.import_entry`)."""
+    return {
+        "module": inspection.module_name,
+        "python_name": inspection.python_name,
+        "entry": str(entry.relative_to(cache.root())),
+        "repo_id": inspection.repo_id,
+        "strategy": inspection.strategy,
+        "digest": inspection.digest,
+        "trust": trust,
+    }
+
+
+def remember_local(path: Path, stats: list, backend: str, inspection, entry: Path) -> None:
+    """Memo of a local kernel folder: while no file in it changes, loads import ``entry`` directly.
+
+    ``stats`` were taken before the files were hashed (see :func:`jitkernels.warm.tree_stats`).
+    """
+    memo = {"path": str(path), "tree": stats, "record": _record(inspection, entry, "local")}
+    try:
+        cache.write_json(local_memo_file(os.path.realpath(path), backend, index_env_key(backend)), memo)
+    except CacheError as exc:
+        logger.debug("jitkernels: local memo not written: %s", exc)

@@ -9,8 +9,11 @@ stopped (SIGSTOP) or hung (a dead NFS server) shows no sign of life.
 
 A waiter says who it waits for at once and every :data:`REPORT_EVERY` seconds,
 and raises :class:`LockTimeoutError` once the holder showed no progress (no
-heartbeat, and its build log did not grow) for ``JITKERNELS_LOCK_TIMEOUT``
-seconds (default :data:`jitkernels.config.DEFAULT_LOCK_TIMEOUT`).
+heartbeat, or, once its build log started, no change of that log) for
+``JITKERNELS_LOCK_TIMEOUT`` seconds (default
+:data:`jitkernels.config.DEFAULT_LOCK_TIMEOUT`). A holder that is alive but
+hung outside a build (a stalled download) keeps its heartbeat: waiters wait
+as long as its own timeouts (``JITKERNELS_TIMEOUT`` per Hub request) allow.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 from . import cache, config
 from .errors import LockTimeoutError
 from .log import logger
+from .warm import read_json
 
 HEARTBEAT = 2.0
 REPORT_EVERY = 30.0
@@ -33,22 +37,30 @@ def _record_path(lock_file: Path) -> Path:
     return Path(str(lock_file) + ".holder.json")
 
 
-def _describe(record: dict | None) -> str:
+def _describe(record: dict | None, what: str) -> str:
     if not record:
-        return "another process (it has not said who it is yet)"
-    return f"pid {record.get('pid')} on host {record.get('host')} ({record.get('what')})"
+        return f"another process to finish {what}"
+    return f"pid {record.get('pid')} on host {record.get('host')} to finish {record.get('what') or what}"
 
 
-def _signs_of_life(record_path: Path, log: str | None) -> tuple:
-    """What changes while the holder makes progress: its heartbeat and its log's size."""
-    marks = []
-    for path in (record_path, log):
-        try:
-            stat = os.stat(path) if path else None
-        except OSError:
-            stat = None
-        marks.append((stat.st_mtime_ns, stat.st_size) if stat else None)
-    return tuple(marks)
+def _progress_mark(record_path: Path, record: dict | None):
+    """What changes while the holder makes progress.
+
+    A holder with a build log progresses when the log changes (a hung compiler or a deadlocked
+    holder does not, though its heartbeat goes on); before its log starts, and for holders
+    without one (downloads, Python payloads), the heartbeat shows it is alive.
+    """
+    log = (record or {}).get("log")
+    try:
+        st = os.stat(log) if log else None
+    except OSError:
+        st = None
+    if st is not None and st.st_mtime >= (record or {}).get("since", 0):
+        return ("log", st.st_size, st.st_mtime_ns)
+    try:
+        return ("heartbeat", os.stat(record_path).st_mtime_ns)
+    except OSError:
+        return ("heartbeat", None)
 
 
 class _Heartbeat(threading.Thread):
@@ -63,19 +75,21 @@ class _Heartbeat(threading.Thread):
                 os.utime(self.path)
 
 
-def _acquire(lock, key: str, lock_file: Path, what: str) -> None:
+def _acquire(lock, lock_file: Path, what: str, wait: bool) -> None:
     import filelock
 
     try:
         lock.acquire(timeout=0)
         return
     except filelock.Timeout:
-        pass
+        if not wait:
+            raise LockTimeoutError(f"Not waiting for {_describe(read_json(_record_path(lock_file)), what)} "
+                                   f"(lock {lock_file}).") from None
     record_path = _record_path(lock_file)
     timeout = config.lock_timeout()
-    holder = cache.read_json(record_path)
-    logger.warning("jitkernels: waiting for %s to finish %s ...", _describe(holder), what)
-    seen = _signs_of_life(record_path, (holder or {}).get("log"))
+    holder = read_json(record_path)
+    logger.warning("jitkernels: waiting for %s ...", _describe(holder, what))
+    seen = _progress_mark(record_path, holder)
     started = last_progress = last_report = time.monotonic()
     while True:
         try:
@@ -84,28 +98,29 @@ def _acquire(lock, key: str, lock_file: Path, what: str) -> None:
         except filelock.Timeout:
             pass
         now = time.monotonic()
-        holder = cache.read_json(record_path) or holder
-        marks = _signs_of_life(record_path, (holder or {}).get("log"))
-        if marks != seen:
-            seen, last_progress = marks, now
+        holder = read_json(record_path) or holder
+        mark = _progress_mark(record_path, holder)
+        if mark != seen:
+            seen, last_progress = mark, now
         if now - last_progress >= timeout:
             raise LockTimeoutError(
-                f"Gave up waiting for {_describe(holder)} to finish {what}: it showed no progress for "
-                f"{timeout:.0f}s (JITKERNELS_LOCK_TIMEOUT). It may be stopped or hung; if it is gone for good, "
-                f"stop it and retry (its lock is released when it exits). Lock: {lock_file}."
+                f"Gave up waiting for {_describe(holder, what)}: it showed no progress for {timeout:.0f}s "
+                f"(JITKERNELS_LOCK_TIMEOUT). It may be stopped or hung; if it is gone for good, stop it and "
+                f"retry (its lock is released when it exits). Lock: {lock_file}."
             )
         if now - last_report >= REPORT_EVERY:
             last_report = now
-            logger.warning("jitkernels: still waiting for %s to finish %s (%.0fs so far; last progress %.0fs ago)",
-                           _describe(holder), what, now - started, now - last_progress)
+            logger.warning("jitkernels: still waiting for %s (%.0fs so far; last progress %.0fs ago)",
+                           _describe(holder, what), now - started, now - last_progress)
 
 
 @contextlib.contextmanager
-def hold(key: str, what: str, log: Path | None = None):
+def hold(key: str, what: str, log: Path | None = None, wait: bool = True):
     """Hold the cache lock of ``key`` for the block, waiting for (or giving up on) another holder.
 
     ``what`` says what the holder does, for waiters' messages; ``log`` is a file that grows while
-    it makes progress (a build log). Filesystem failures are :class:`CacheError`\\ s.
+    it makes progress (a build log). ``wait=False``: :class:`LockTimeoutError` at once if it is
+    held. Filesystem failures are :class:`CacheError`\\ s.
     """
     import filelock
 
@@ -113,7 +128,7 @@ def hold(key: str, what: str, log: Path | None = None):
     cache.ensure_dir(lock_file.parent)
     lock = filelock.FileLock(str(lock_file), is_singleton=False)
     with cache.guard(lock_file):
-        _acquire(lock, key, lock_file, what)
+        _acquire(lock, lock_file, what, wait)
     record_path = _record_path(lock_file)
     heartbeat = None
     try:

@@ -87,11 +87,11 @@ def _resolve(provider, ref: KernelRef, revision: str | None, trust_remote_code) 
         return provider.resolve(ref, revision, offline=offline, trust_remote_code=trust_remote_code)
     except RevisionNotFoundError:
         raise
-    except KernelNotFoundError:
+    except (KernelNotFoundError, OfflineError):  # offline, "not fetched" is how a wrong spelling looks
         for candidate in provider.candidates(ref):
             try:
                 return provider.resolve(candidate, revision, offline=offline, trust_remote_code=trust_remote_code)
-            except KernelNotFoundError:
+            except (KernelNotFoundError, OfflineError):
                 continue
         raise
 
@@ -174,6 +174,7 @@ def load_snapshot(snapshot: Snapshot, name: str, backend: str, index_ids: set[st
     is the name the package is imported under; the ``jitkernels.hub`` import
     hook passes its own (``jitkernels.hub.hf.<name>``).
     """
+    warm.check_owner()  # its entries are code we run, even when they are found, not made
     inspection, source_plan = _plan(snapshot, name, backend)
     if inspection.strategy == UNSUPPORTED or source_plan is None:
         raise UnsupportedKernelError(
@@ -195,7 +196,10 @@ def load_snapshot(snapshot: Snapshot, name: str, backend: str, index_ids: set[st
         from .native.builder import build_native
 
         inspection, entry = build_native(inspection, source_plan)
-    if not isinstance(snapshot, LocalSnapshot):  # local folders change under us: never indexed
+    if isinstance(snapshot, LocalSnapshot):  # local folders change under us: a memo checked by stat
+        if snapshot.stats is not None:
+            entries.remember_local(snapshot.path, snapshot.stats, backend, inspection, entry)
+    else:
         entries.index(inspection.provider, set(index_ids) | {snapshot.ref.repo_id, inspection.repo_id}, (name,),
                       inspection.revision or snapshot.commit, backend, inspection, entry, snapshot.trust)
     return import_package(module_name or inspection.module_name, entry / inspection.python_name, what=inspection.repo_id)
@@ -245,7 +249,7 @@ def load_kernel(provider, name: str, *, revision=None, version=None, backend=Non
             snapshot = _resolve(prov, ref, commit, trust_remote_code)
         module = load_snapshot(snapshot, name, backend, index_ids={ref.repo_id}, module_name=module_name,
                                locked=locked)
-        warm.LOADED[(str(cache.root()), prov.name, ref.repo_id, snapshot.commit, backend)] = module
+        warm.remember((str(cache.root()), prov.name, ref.repo_id, snapshot.commit, backend), module, snapshot.trust)
         return module
 
 

@@ -97,6 +97,6 @@ def prepare_python(inspection: Inspection, plan: SourcePlan) -> tuple[Inspection
             (package / "_ops.py").write_text(ops_py(name, import_library=False))
         return {}
 
-    recipe = entries.Recipe(name=name, what=f"{inspection.repo_id} ({inspection.backend})",
+    recipe = entries.Recipe(name=name, what=f"preparing {inspection.repo_id} ({inspection.backend})",
                             inspection=inspection, fill=fill)
     return inspection, entries.obtain(recipe)

@@ -15,13 +15,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from . import cache, config
+from . import cache, config, warm
 from .entries import Recipe, obtain
 from .warm import check_entry
 from .errors import BuildConfigError, FetchError, InvalidKernelNameError, OfflineError
 from .providers.base import KernelRef, Snapshot, is_commit
 
-_SKIP_DIRS = {".git", "__pycache__", ".pytest_cache", ".mypy_cache", "result"}
 
 
 def _walk(root: Path) -> list[str]:
@@ -29,7 +28,7 @@ def _walk(root: Path) -> list[str]:
     files = []
     real_root = os.path.realpath(root)
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
+        dirnames[:] = sorted(d for d in dirnames if d not in warm.SKIP_DIRS)
         rel = os.path.relpath(dirpath, root)
         for name in filenames:
             if name.endswith(".pyc"):
@@ -58,6 +57,8 @@ class LocalSnapshot(Snapshot):
         self.commit = commit
         self.requested = None
         self.kind = kind
+        # Taken before anything is hashed: a file edited meanwhile makes the memo miss, never lie.
+        self.stats = warm.tree_stats(str(path)) if kind == "local" else None
         self.files = frozenset(_walk(path))
 
     @property
@@ -70,15 +71,13 @@ class LocalSnapshot(Snapshot):
 
 def parse_local_kernels(spec: str) -> dict[str, Path]:
     """``"org/name=/path:org2/name2=/path2"`` -> ``{repo_id: path}`` (upstream's ``LOCAL_KERNELS`` format)."""
-    mapping: dict[str, Path] = {}
-    for item in filter(None, (part.strip() for part in spec.split(":"))):
-        repo_id, sep, path = item.partition("=")
-        if not sep or not repo_id.strip() or not path.strip():
-            raise InvalidKernelNameError(
-                f"LOCAL_KERNELS entry {item!r} is not 'org/name=/path'. "
-                f"Format: LOCAL_KERNELS=\"org/name=/path:org2/name2=/path2\"."
-            )
-        mapping[repo_id.strip()] = Path(path.strip()).expanduser()
+    mapping = warm.parse_local_kernels(spec)
+    if mapping is None:
+        bad = next(i for i in (p.strip() for p in spec.split(":")) if i and not warm.parse_local_kernels(i))
+        raise InvalidKernelNameError(
+            f"LOCAL_KERNELS entry {bad!r} is not 'org/name=/path'. "
+            f"Format: LOCAL_KERNELS=\"org/name=/path:org2/name2=/path2\"."
+        )
     return mapping
 
 

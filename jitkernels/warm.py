@@ -28,6 +28,7 @@ import importlib.util
 import json
 import os
 import re
+import stat
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -184,20 +185,26 @@ def check_entry(entry: Path, full: bool = False) -> str | None:
             isinstance(rel, str) and type(size) is int for rel, size in files.items()):
         return f"{manifest_path} is missing, unreadable or not a manifest"
     for rel, size in files.items():
-        if rel.startswith("/") or ".." in rel.split("/"):
+        if rel.startswith("/") or ".." in rel.split("/") or "\0" in rel:
             return f"{manifest_path} lists {rel!r}, outside the entry"
         try:
-            actual = os.stat(entry / rel).st_size
+            st = os.lstat(entry / rel)
         except OSError:
             return f"{rel} is missing"
-        if actual != size:
-            return f"{rel} is {actual} bytes, the manifest says {size}"
+        if not stat.S_ISREG(st.st_mode):
+            return f"{rel} is not a regular file"
+        if st.st_size != size:
+            return f"{rel} is {st.st_size} bytes, the manifest says {size}"
     if full:
         hashes = manifest.get("sha256")
         if not isinstance(hashes, dict) or set(hashes) != set(files):
             return f"{manifest_path} does not record a sha256 for every file"
         for rel, digest in hashes.items():
-            if hashlib.sha256((entry / rel).read_bytes()).hexdigest() != digest:
+            try:
+                actual = hashlib.sha256((entry / rel).read_bytes()).hexdigest()
+            except OSError as exc:
+                return f"{rel} cannot be read ({exc.strerror})"
+            if actual != digest:
                 return f"{rel} does not match its recorded sha256"
     return None
 
@@ -255,13 +262,33 @@ def caller_grant(repo_id: str | None, trust_remote_code) -> str | None:
     return None
 
 
+def valid_record(record) -> bool:
+    """An index record we may follow: its entry is one folder under ``entries/``, its names are identifiers."""
+    if not isinstance(record, dict):
+        return False
+    entry, module, package = record.get("entry"), record.get("module"), record.get("python_name")
+    if not isinstance(entry, str) or not isinstance(module, str) or not isinstance(package, str):
+        return False
+    parts = entry.split("/")
+    return (len(parts) == 2 and parts[0] == "entries" and parts[1] not in ("", ".", "..") and "\0" not in entry
+            and package.isidentifier() and all(p.isidentifier() for p in module.split(".")))
+
+
 def import_entry(record: dict, module_name: str | None = None) -> ModuleType | None:
-    """Import a published entry after the cheap integrity check; None if it is absent or damaged."""
+    """Import a published entry after the owner and cheap integrity checks; None if absent, damaged or invalid."""
+    if not valid_record(record):
+        return None
+    check_owner()
     entry = config.cache_dir() / record["entry"]
     if check_entry(entry) is not None:
         return None  # the cold path reports it once, discards and rebuilds it
-    return import_package(module_name or record["module"], entry / record["python_name"],
-                          what=record.get("repo_id", record["module"]))
+    try:
+        return import_package(module_name or record["module"], entry / record["python_name"],
+                              what=record.get("repo_id", record["module"]))
+    except ImportError:
+        if not entry.exists():
+            return None  # removed meanwhile (`jitkernels cache prune`): the cold path makes it again
+        raise
 
 
 def load_indexed(index: Path | None, key: tuple, module_name: str | None = None, digest: str | None = None,
@@ -271,18 +298,36 @@ def load_indexed(index: Path | None, key: tuple, module_name: str | None = None,
     ``digest``: only an entry made from exactly these inputs will do (a lock file's).
     ``grant``: the trust the caller gives for this call (see :func:`trusted`).
     """
-    module = LOADED.get(key)
-    if module is not None and digest is None:
-        return module
+    if digest is None:
+        module = memo(key, grant)
+        if module is not None:
+            return module
     record = read_json(index)
-    if record is None or not isinstance(record.get("entry"), str) or not trusted(record, grant):
+    if record is None or not trusted(record, grant):
         return None
     if digest is not None and record.get("digest") != digest:
         return None
     module = import_entry(record, module_name)
     if module is not None:
-        LOADED[key] = module
+        remember(key, module, record.get("trust"))
     return module
+
+
+#: key -> the trust the loaded module's record carried (a memo hit must pass the same rule).
+_LOADED_TRUST: dict[tuple, str | None] = {}
+
+
+def memo(key: tuple, grant: str | None) -> ModuleType | None:
+    """A module loaded before in this process under ``key``, if this call may use it (see :func:`trusted`)."""
+    module = LOADED.get(key)
+    if module is None or not trusted({"trust": _LOADED_TRUST.get(key)}, grant):
+        return None
+    return module
+
+
+def remember(key: tuple, module: ModuleType, trust: str | None) -> None:
+    LOADED[key] = module
+    _LOADED_TRUST[key] = trust
 
 
 def name_index_file(provider: str, name: str, commit: str, backend: str, envkey: str) -> Path | None:
@@ -297,31 +342,128 @@ def name_index_file(provider: str, name: str, commit: str, backend: str, envkey:
     )
 
 
+def refs_file(provider: str, repo_id: str, revision: str | None) -> Path:
+    """Where the commit ``revision`` (None: the default) of ``repo_id`` last resolved to is remembered."""
+    parts = [component(p) if p in (".", "..") else p for p in repo_id.split("/")]
+    return config.cache_dir().joinpath("refs", provider, *parts, component(revision or "<default>") + ".json")
+
+
+def last_resolved(provider: str, repo_id: str, revision: str | None) -> str | None:
+    record = read_json(refs_file(provider, repo_id, revision))
+    commit = record.get("commit") if record else None
+    return commit if is_commit(commit) else None
+
+
+def _backend_or_memo(backend: str | None) -> str | None:
+    if backend is not None:
+        return backend
+    if "torch" not in sys.modules:
+        return None  # let the pipeline report a missing torch clearly
+    memo = machine_memo()
+    return memo["backend"] if memo is not None else None
+
+
 def try_load(provider, name: str, revision: str | None, backend: str | None,
              module_name: str | None = None, trust_remote_code=False) -> ModuleType | None:
-    """The module for a pinned, already prepared kernel, or None (the caller takes the full pipeline)."""
-    if not is_commit(revision) or config.local_kernels_spec() or not isinstance(name, str):
+    """The module for a kernel already prepared here, without resolving anything; else None.
+
+    Served here: a pinned commit; a kernel of ``LOCAL_KERNELS`` whose files did not change
+    since it was prepared (:func:`try_load_local`); offline (``HF_HUB_OFFLINE=1``), a
+    branch, tag, ``vN`` or the default revision, as the commit it resolved to last time.
+    Everything else (an online unpinned load must ask the Hub) is the pipeline's.
+    """
+    if not isinstance(name, str) or not isinstance(revision, (str, type(None))):
         return None
     provider = config.BUILTIN_PROVIDER_ALIASES.get(str(getattr(provider, "value", provider)).lower())
     if provider is None:
         return None  # a registered provider of its own: the pipeline knows it
     check_owner()
+    backend = _backend_or_memo(backend)
     if backend is None:
-        if "torch" not in sys.modules:
-            return None  # let the pipeline report a missing torch clearly
-        memo = machine_memo()
-        if memo is None:
+        return None
+    repo_id = name if "/" in name else f"{config.hf_default_org()}/{name.replace('_', '-')}"
+    if config.local_kernels_spec():
+        local = parse_local_kernels(config.local_kernels_spec())
+        if local is None:
+            return None  # malformed: the pipeline says how
+        if repo_id in local:
+            return try_load_local(str(local[repo_id]), backend, module_name)
+    commit = revision
+    if not is_commit(commit):
+        if not config.hf_offline():
             return None
-        backend = memo["backend"]
-    key = (str(config.cache_dir()), provider, "name:" + name, revision, backend)
-    if key in LOADED:
-        return LOADED[key]
+        commit = last_resolved(provider, repo_id, revision)
+        if commit is None:
+            return None
+    key = (str(config.cache_dir()), provider, "name:" + name, commit, backend)
+    grant = caller_grant(repo_id, trust_remote_code)
+    module = memo(key, grant)
+    if module is not None:
+        return module
     envkey = _warm_env_key(backend)
     if envkey is None:
         return None
-    repo_id = name if "/" in name else f"{config.hf_default_org()}/{name.replace('_', '-')}"
-    return load_indexed(name_index_file(provider, name, revision, backend, envkey), key, module_name,
-                        grant=caller_grant(repo_id, trust_remote_code))
+    return load_indexed(name_index_file(provider, name, commit, backend, envkey), key, module_name, grant=grant)
+
+
+# -- local kernels ---------------------------------------------------------------------------------
+
+#: Folders never part of a local kernel.
+SKIP_DIRS = frozenset({".git", "__pycache__", ".pytest_cache", ".mypy_cache", "result"})
+
+
+def parse_local_kernels(spec: str) -> dict[str, Path] | None:
+    """``"org/name=/path:org2/name2=/path2"`` -> ``{repo_id: path}`` (upstream's format); None if malformed."""
+    mapping: dict[str, Path] = {}
+    for item in filter(None, (part.strip() for part in spec.split(":"))):
+        repo_id, sep, path = item.partition("=")
+        if not sep or not repo_id.strip() or not path.strip():
+            return None
+        mapping[repo_id.strip()] = Path(path.strip()).expanduser()
+    return mapping
+
+
+def tree_stats(root: str) -> list[list]:
+    """``[[path, size, mtime_ns], ...]`` for every file of a local kernel folder (sorted).
+
+    What a local kernel's memo is checked against: any file added, removed or touched
+    anywhere in the folder means the kernel is planned, hashed and prepared again.
+    """
+    stats = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        rel = os.path.relpath(dirpath, root)
+        for name in sorted(filenames):
+            if name.endswith(".pyc"):
+                continue
+            st = os.stat(os.path.join(dirpath, name))  # the target of a link: what the build reads
+            stats.append([name if rel == "." else f"{rel}/{name}".replace(os.sep, "/"), st.st_size, st.st_mtime_ns])
+    return stats
+
+
+def local_memo_file(path: str, backend: str, envkey: str) -> Path:
+    digest = hashlib.sha256(f"{path}|{backend}|{envkey}".encode()).hexdigest()[:24]
+    return config.cache_dir() / "local" / f"{digest}.json"
+
+
+def try_load_local(path: str, backend: str | None, module_name: str | None = None) -> ModuleType | None:
+    """A local kernel folder prepared before, whose files are unchanged (one ``stat`` each): import it, or None."""
+    check_owner()
+    backend = _backend_or_memo(backend)
+    envkey = _warm_env_key(backend) if backend is not None else None
+    if envkey is None:
+        return None
+    path = os.path.realpath(path)
+    local = read_json(local_memo_file(path, backend, envkey))
+    record = local.get("record") if local else None
+    if not valid_record(record):
+        return None
+    try:
+        if tree_stats(path) != local.get("tree"):
+            return None
+    except OSError:
+        return None
+    return import_entry(record, module_name)
 
 
 #: package ``__init__.py`` -> the module made from it: one entry is one module, whatever name it was asked by.

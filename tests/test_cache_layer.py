@@ -376,3 +376,132 @@ def test_lock_pin_and_manifest_files_are_written_atomically(online, tmp_path, mo
     finally:
         jitkernels.hub.unpin("hf", "rms-norm")
     assert json.loads(pins.read_text())["pins"][0]["name"].endswith("rms-norm")
+
+
+# -- found by an outside review of the cache layer ----------------------------------------------------------------
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_cache_owned_by_another_user_is_refused_on_every_load_path(online):
+    jitkernels.load("hf", "kernels-test/rms-norm-universal", revision="main", backend="cpu")
+    cache = Path(os.environ["JITKERNELS_CACHE"])
+    for path in [cache, *cache.rglob("*")]:
+        os.lchown(path, 4242, 4242)
+    code = """
+        import importlib, jitkernels
+        from jitkernels.errors import CacheError
+        for load in (lambda: jitkernels.load("hf", "kernels-test/rms-norm-universal", revision="main", backend="cpu"),
+                     lambda: importlib.import_module("jitkernels.hub.hf.kernels_test__rms_norm_universal")):
+            try:
+                load()
+                print("LOADED")
+            except CacheError:
+                print("REFUSED")
+    """
+    for offline in ("0", "1"):
+        out = _child(code, HF_HUB_OFFLINE=offline)
+        assert out.stdout.split() == ["REFUSED", "REFUSED"], (offline, out.stdout, out.stderr[-2000:])
+
+
+def test_cache_files_and_folders_follow_the_umask_and_are_never_world_writable(online):
+    cache = Path(os.environ["JITKERNELS_CACHE"])
+    out = _child("""
+        import os
+        os.umask(0)
+        import jitkernels
+        jitkernels.load("hf", "kernels-test/rms-norm-universal", revision="main", backend="cpu")
+    """)
+    assert out.returncode == 0, out.stderr[-2000:]
+    paths = [p for p in cache.rglob("*") if "locks" not in p.parts]
+    assert any("index" in p.parts and p.is_file() for p in paths) and any("refs" in p.parts for p in paths)
+    for path in [cache, *paths]:
+        mode = path.stat().st_mode
+        assert not mode & 0o002, path
+        assert mode & 0o044 == 0o044, path  # readable by the fleet that ships this cache
+
+
+@pytest.mark.parametrize("damage", [
+    {"entry": "../../outside"}, {"entry": "/abs/olute"}, {"python_name": ["x"]}, {"module": 3},
+    {"python_name": "a.b"}, {"entry": None},
+])
+def test_a_forged_or_damaged_index_is_ignored_never_followed(online, damage, tmp_path):
+    k = jitkernels.load("hf", "kernels-test/rms-norm-universal", revision="main", backend="cpu")
+    commit = jitkernels.inspect("hf", "kernels-test/rms-norm-universal", revision="main", backend="cpu").revision
+    outside = tmp_path / "outside" / "rms_norm"
+    outside.mkdir(parents=True)
+    (outside / "__init__.py").write_text("raise SystemExit('code outside the cache ran')\n")
+    for index in Path(os.environ["JITKERNELS_CACHE"], "index").rglob("*.json"):
+        record = json.loads(index.read_text())
+        record.update(damage)
+        index.write_text(json.dumps(record))
+    out = _child(f"import jitkernels; print(jitkernels.load('hf', 'kernels-test/rms-norm-universal', "
+                 f"revision={commit!r}, backend='cpu').__name__)")
+    assert out.returncode == 0 and out.stdout.strip() == k.__name__, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("files", [{"a\u0000b": 1}, {"rms_norm": 4096}, {"link": 0}])
+def test_manifest_listing_odd_files_is_damage_for_loads_and_verify(online, files):
+    from jitkernels.cli import main
+    from jitkernels.warm import check_entry
+
+    jitkernels.load("hf", "kernels-test/rms-norm-universal", revision="main", backend="cpu")
+    (entry,) = _entries("_rms_norm_cpu_")
+    (entry / "link").symlink_to("/dev/zero")
+    manifest = json.loads((entry / "manifest.json").read_text())
+    manifest["files"].update(files)
+    manifest["sha256"].update({k: "0" * 64 for k in files})
+    (entry / "manifest.json").write_text(json.dumps(manifest))
+    assert check_entry(entry) is not None and check_entry(entry, full=True) is not None
+    assert main(["verify"]) == 1
+
+
+def test_a_hung_holder_whose_build_log_stopped_growing_times_out(online, monkeypatch):
+    """Alive (its heartbeat goes on) but its build log does not change: given up on, as for a stopped one."""
+    name = jitkernels.inspect("hf", "kernels-test/rms-norm-universal", revision="main", backend="cpu").module_name
+    log = Path(os.environ["JITKERNELS_CACHE"]) / "hung.log"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from jitkernels import locks
+        with locks.hold("entry:{name}", what="building it", log=Path({str(log)!r})):
+            Path({str(log)!r}).write_text("[1/3] CXX a.cpp\\n")
+            print("HELD", flush=True)
+            time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True, env=child_env())
+    monkeypatch.setenv("JITKERNELS_LOCK_TIMEOUT", "3")
+    try:
+        assert holder.stdout.readline().strip() == "HELD"
+        with pytest.raises(LockTimeoutError, match="building it"):
+            jitkernels.load("hf", "kernels-test/rms-norm-universal", revision="main", backend="cpu")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_offline_org_name_with_underscores_finds_the_hyphenated_repo(online, monkeypatch):
+    k = jitkernels.load("hf", "jitkernels-examples/rms_norm", revision="main", backend="cpu")
+    _go_offline(monkeypatch)
+    from jitkernels import warm
+
+    warm.LOADED.clear()
+    assert jitkernels.load("hf", "jitkernels-examples/rms_norm", revision="main", backend="cpu") is k
+
+
+def test_a_trust_grant_is_not_remembered_in_process_either(online):
+    commit = jitkernels.inspect("hf", UNTRUSTED, revision="main", backend="cpu").revision
+    jitkernels.load("hf", UNTRUSTED, revision=commit, backend="cpu", trust_remote_code=True)
+    with pytest.raises(TrustError):
+        jitkernels.load("hf", UNTRUSTED, revision=commit, backend="cpu")
+
+
+def test_relative_cache_folder_is_fixed_when_first_used(tmp_path):
+    work = tmp_path / "work"
+    (work / "elsewhere").mkdir(parents=True)
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import os, jitkernels
+        from jitkernels import config
+        first = config.cache_dir()
+        os.chdir("elsewhere")
+        assert config.cache_dir() == first and first.is_absolute(), (first, config.cache_dir())
+        print(first)
+    """)], capture_output=True, text=True, cwd=work, env=child_env(JITKERNELS_CACHE="jkrel"), timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == str(work / "jkrel"), out.stderr[-2000:]

@@ -239,7 +239,7 @@ def test_sigkill_during_native_build_then_load_completes(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", code], env=child_env(), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE)
     try:
-        assert _wait_for(lambda: any((root / "staging").glob("*/obj/build.ninja")), 120)
+        assert _wait_for(lambda: any((root / "builds").glob("*/obj/build.ninja")), 120)
         time.sleep(2)
         child.send_signal(signal.SIGKILL)
         child.wait(30)

@@ -90,7 +90,7 @@ def read_upstream_lock(data, where: str) -> dict[str, tuple[str, dict]]:
 
     ``[{"dependency": {"repo-id": ..., "version": N | "revision": ...}, "lock": {"commit": "<hex>"}}, ...]``
     """
-    from ..providers.base import is_commit
+    from ..warm import is_commit
 
     if not isinstance(data, list):
         raise LockfileError(f"{where}: a kernels.lock file is a JSON list of {{dependency, lock}} entries.")

@@ -102,7 +102,8 @@ def _compile_into(inspection, plan, spec, root, files, out: Path, work: Path) ->
     shutil.copyfile(library, package / library.name)
     stage_package(plan, root, package, native=True)
     (package / "_ops.py").write_text(ops_py(spec.extension_name, import_library=True))
-    return {"build_key": spec.key(), "spec": spec.describe()}
+    return {"build_key": spec.key(), "spec": spec.describe(), "archs": list(spec.archs),
+            "toolchain": dict(spec.toolchain)}
 
 
 def sync_tree(folder: Path, wanted: dict[str, "bytes | Path"]) -> int:
@@ -196,7 +197,7 @@ def write_ninja(spec: BuildSpec, src: Path, gen: Path, obj: Path, library: Path,
     system = [f"-isystem {_q(p)}" for p in paths["includes"]]
     lines = [
         "ninja_required_version = 1.3",
-        f"cxx = {_q(config.cxx())}",
+        f"cxx = {_qs(shlex.split(config.cxx()))}",  # CXX may carry a launcher ("ccache g++"), as torch allows
         f"system_includes = {' '.join(system)}",
         "",
         "rule cxx",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import subprocess
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -85,8 +86,8 @@ def target_archs(backend: str) -> list[str]:
 def _compiler_version(compiler: str) -> str:
     """The first line of ``<compiler> --version`` (``g++ (Debian 12.2.0-14) 12.2.0``), or why there is none."""
     try:
-        out = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.SubprocessError) as exc:
+        out = subprocess.run([*shlex.split(compiler), "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
         return f"unavailable: {exc.__class__.__name__}"
     return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr).strip() else "?"
 

@@ -28,8 +28,9 @@ from ..errors import (
     RevisionNotFoundError,
     TrustError,
 )
-from ..warm import caller_grant
-from .base import KernelRef, Provider, Snapshot, is_commit
+from .. import warm
+from ..warm import caller_grant, is_commit
+from .base import KernelRef, Provider, Snapshot
 
 _PART_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
 #: The kernel part also becomes a Python package name (``-`` -> ``_``), so no dots and a letter first.
@@ -118,14 +119,12 @@ class HfKernelsProvider(Provider):
 
     # -- revisions -------------------------------------------------------------
     def last_resolved(self, ref: KernelRef, revision: str | None) -> str | None:
-        record = cache.read_json(cache.refs_file(self.name, ref.repo_id, revision or "<default>"))
-        commit = record.get("commit") if record else None
-        return commit if is_commit(commit) else None
+        return warm.last_resolved(self.name, ref.repo_id, revision)
 
     def _remember(self, ref: KernelRef, revision: str | None, commit: str, repo_type: str) -> None:
         try:
             cache.write_json(
-                cache.refs_file(self.name, ref.repo_id, revision or "<default>"),
+                warm.refs_file(self.name, ref.repo_id, revision),
                 {"commit": commit, "repo_type": repo_type, "repo_id": ref.repo_id, "revision": revision},
             )
         except OSError:
@@ -141,6 +140,7 @@ class HfKernelsProvider(Provider):
         snapshot.trust = self.check_trust(ref, trust_remote_code)
         if snapshot.trust == "hub-flag":
             self._record_grant(ref, snapshot.commit)
+        self._remember(ref, revision, snapshot.commit, snapshot.repo_type)  # only once it may be loaded
         return snapshot
 
     # -- trust -------------------------------------------------------------------
@@ -184,7 +184,7 @@ class HfKernelsProvider(Provider):
         grant = caller_grant(ref.repo_id, trust_remote_code)
         if grant is not None:
             return grant
-        record = cache.read_json(cache.trust_file(self.name, ref.repo_id, commit))
+        record = warm.read_json(cache.trust_file(self.name, ref.repo_id, commit))
         if record and record.get("granted_by") == "hub-flag" and record.get("commit") == commit:
             return "hub-flag"
         raise TrustError(
@@ -234,7 +234,6 @@ class HfKernelsProvider(Provider):
                 ) from exc
             if not is_commit(commit):
                 raise FetchError(f"The Hub answered no commit for {ref.repo_id}@{rev}.")
-            self._remember(ref, revision, commit, repo_type)
             return HfSnapshot(ref, repo_type, commit, rev, files, offline=False)
         raise KernelNotFoundError(
             f"Kernel repository {ref.repo_id!r} was not found on {config.hf_endpoint()} (as a kernel or model repo). "
@@ -242,7 +241,7 @@ class HfKernelsProvider(Provider):
         ) from last_error
 
     def _repo_type_order(self, ref: KernelRef) -> tuple[str, ...]:
-        record = cache.read_json(cache.refs_file(self.name, ref.repo_id, "<default>"))
+        record = warm.read_json(warm.refs_file(self.name, ref.repo_id, None))
         if record and record.get("repo_type") == "model":
             return ("model", "kernel")
         return _REPO_TYPES
