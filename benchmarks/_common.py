@@ -421,8 +421,8 @@ def fake_hub(kernel_folder: Path, repo_id: str):
     return hub, endpoint, sha
 
 
-def populate_code(repo_id: str, sha: str, backend: str, log_info: bool = True) -> str:
-    """Child source: cold-load ``repo_id@sha`` with jitkernels and report the module and its files."""
+def populate_code(repo_id: str, sha: str | None, backend: str, log_info: bool = True) -> str:
+    """Child source: cold-load ``repo_id@sha`` (None: unpinned) with jitkernels and report the module and its files."""
     return "\n".join([
         "import glob, json, logging, os, sys, time",
         "import torch",
@@ -433,7 +433,8 @@ def populate_code(repo_id: str, sha: str, backend: str, log_info: bool = True) -
         "    logging.getLogger('jitkernels').setLevel(logging.INFO)",
         "_t0 = time.perf_counter()",
         "import jitkernels",
-        f"m = jitkernels.load('hf', {repo_id!r}, revision={sha!r}, backend={backend!r})",
+        f"m = jitkernels.load('hf', {repo_id!r}, revision={sha!r}, backend={backend!r})" if sha else
+        f"m = jitkernels.load('hf', {repo_id!r}, backend={backend!r})",
         "_t1 = time.perf_counter()",
         "pkg = os.path.dirname(m.__file__)",
         "R = {'ms': (_t1 - _t0) * 1e3, 'module': m.__name__, 'file': m.__file__, 'package_dir': pkg,",

@@ -69,8 +69,14 @@ def main(argv=None) -> int:
             env = C.child_env(args, work, JITKERNELS_CACHE=jk_cache, HF_HOME=hf_home, HF_ENDPOINT=endpoint)
             log(f"building {repo_id}@{sha[:12]} for {args.backend} with jitkernels (cold) ...", file=sys.stderr)
             first = C.run_child(args, C.populate_code(repo_id, sha, args.backend), env, work, "populate")
+            # an online unpinned load records the commit the default revision resolved to
+            C.run_child(args, C.populate_code(repo_id, None, args.backend), env, work, "populate unpinned")
         finally:
             hub.stop()  # from here on, any Hub request would fail (connection refused)
+        local_env = C.child_env(args, work, JITKERNELS_CACHE=jk_cache, HF_HOME=hf_home, HF_HUB_OFFLINE=1,
+                                LOCAL_KERNELS=f"{repo_id}={folder}")
+        log(f"building {repo_id} again from the local folder {folder} (LOCAL_KERNELS) ...", file=sys.stderr)
+        C.run_child(args, C.populate_code(repo_id, None, args.backend), local_env, work, "populate local")
         ext = first["module"]
         libs = first["libraries"]
         if len(libs) != 1:
@@ -95,6 +101,13 @@ def main(argv=None) -> int:
             "jitkernels": (C.timed_child_code(
                 f"import jitkernels\nmod = jitkernels.load('hf', {repo_id!r}, revision={sha!r}, "
                 f"backend={args.backend!r})", check + "\nR['module'] = mod.__name__"), offline),
+            "jk-unpinned-offline": (C.timed_child_code(
+                f"import jitkernels\nmod = jitkernels.load('hf', {repo_id!r}, backend={args.backend!r})",
+                check + "\nR['module'] = mod.__name__"), offline),
+            "jk-local": (C.timed_child_code(
+                f"import jitkernels\nmod = jitkernels.load('hf', {repo_id!r}, backend={args.backend!r})",
+                C.op_check_code(args.kernel, None, args.backend, namespace_expr="mod.__name__")
+                + "\nR['module'] = mod.__name__"), local_env),
             "upstream": (C.timed_child_code(
                 f"from pathlib import Path\nimport kernels\n"
                 f"mod = kernels.get_local_kernel(Path({str(upstream_repo)!r}), backend={args.backend!r})",
@@ -112,8 +125,13 @@ def main(argv=None) -> int:
         "upstream_over_jitkernels_median": up["median"] / jk["median"],
         "upstream_over_jitkernels_min": up["min"] / jk["min"],
     }
+    for variant in ("jk-unpinned-offline", "jk-local"):
+        ratios[f"{variant}_over_floor_median"] = summary[variant]["median"] / floor["median"]
+    budget_unpinned = 2 * floor["median"] + 3.0
     targets = {
         "jitkernels <= 2 x floor + 2 ms (median)": jk["median"] <= budget,
+        "unpinned offline <= 2 x floor + 3 ms (median)": summary["jk-unpinned-offline"]["median"] <= budget_unpinned,
+        "local (LOCAL_KERNELS) <= 2 x floor + 3 ms (median)": summary["jk-local"]["median"] <= budget_unpinned,
         "upstream / jitkernels >= 50 (median)": ratios["upstream_over_jitkernels_median"] >= 50.0,
     }
     extra = {n: {"new_modules": samples[n][0]["new_modules"], "hf_hub_imported": samples[n][0]["hf_hub_imported"],

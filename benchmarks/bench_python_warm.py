@@ -69,8 +69,13 @@ def main(argv=None) -> int:
         try:
             env = C.child_env(args, work, JITKERNELS_CACHE=jk_cache, HF_HOME=hf_home, HF_ENDPOINT=endpoint)
             first = C.run_child(args, C.populate_code(repo_id, sha, args.backend), env, work, "populate")
+            # an online unpinned load records the commit the default revision resolved to
+            C.run_child(args, C.populate_code(repo_id, None, args.backend), env, work, "populate unpinned")
         finally:
             hub.stop()  # from here on, any Hub request would fail (connection refused)
+        local_env = C.child_env(args, work, JITKERNELS_CACHE=jk_cache, HF_HOME=hf_home, HF_HUB_OFFLINE=1,
+                                LOCAL_KERNELS=f"{repo_id}={folder}")
+        C.run_child(args, C.populate_code(repo_id, None, args.backend), local_env, work, "populate local")
         log(f"populated {repo_id}@{sha[:12]} -> {first['module']} ({first['ms']:.0f} ms, cold)", file=sys.stderr)
 
         offline = C.child_env(args, work, JITKERNELS_CACHE=jk_cache, HF_HOME=hf_home, HF_HUB_OFFLINE=1,
@@ -86,6 +91,12 @@ def main(argv=None) -> int:
             "jitkernels": (C.timed_child_code(
                 f"import jitkernels\nmod = jitkernels.load('hf', {repo_id!r}, revision={sha!r}, "
                 f"backend={args.backend!r})", check), offline),
+            "jk-unpinned-offline": (C.timed_child_code(
+                f"import jitkernels\nmod = jitkernels.load('hf', {repo_id!r}, backend={args.backend!r})", check),
+                offline),
+            "jk-local": (C.timed_child_code(
+                f"import jitkernels\nmod = jitkernels.load('hf', {repo_id!r}, backend={args.backend!r})", check),
+                local_env),
             "upstream": (C.timed_child_code(
                 f"from pathlib import Path\nimport kernels\n"
                 f"mod = kernels.get_local_kernel(Path({str(upstream_repo)!r}), backend={args.backend!r})", check),
@@ -102,8 +113,13 @@ def main(argv=None) -> int:
         "upstream_over_jitkernels_min": up["min"] / jk["min"],
         "jitkernels_over_floor_median": jk["median"] / floor["median"],
     }
+    for variant in ("jk-unpinned-offline", "jk-local"):
+        ratios[f"{variant}_minus_floor_ms_median"] = summary[variant]["median"] - floor["median"]
     targets = {
         "jitkernels <= floor + 3 ms (median)": ratios["jitkernels_minus_floor_ms_median"] <= 3.0,
+        "unpinned offline <= 2 x floor + 3 ms (median)":
+            summary["jk-unpinned-offline"]["median"] <= 2 * floor["median"] + 3.0,
+        "local (LOCAL_KERNELS) <= 2 x floor + 3 ms (median)": summary["jk-local"]["median"] <= 2 * floor["median"] + 3.0,
         "upstream / jitkernels >= 10 (median)": ratios["upstream_over_jitkernels_median"] >= 10.0,
     }
     extra = {name: {"new_modules": samples[name][0]["new_modules"],

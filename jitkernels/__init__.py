@@ -91,13 +91,13 @@ def load(provider, name: str, *, revision: str | None = None, version: int | Non
     (``cuda`` if a GPU is visible, else ``cpu``). Python kernels are imported
     from source, native ones compiled on first use and cached.
     """
-    if version is None and isinstance(revision, str) and len(revision) in (40, 64):
-        from . import config, warm  # a pinned, prepared kernel: one index read, one import
+    from . import config, warm  # a prepared kernel that needs no resolution: one index read, one import
 
-        if config.lockfile() is None:
-            module = warm.try_load(provider, name, revision, backend, trust_remote_code=trust_remote_code)
-            if module is not None:
-                return module
+    if config.lockfile() is None and (version is None or revision is None):
+        asked = f"v{version}" if type(version) is int and version >= 0 else revision
+        module = warm.try_load(provider, name, asked, backend, trust_remote_code=trust_remote_code)
+        if module is not None:
+            return module
     from .pipeline import load_kernel
 
     return load_kernel(provider, name, revision=revision, version=version, backend=backend,
@@ -122,6 +122,11 @@ def inspect(provider, name: str, *, revision: str | None = None, version: int | 
 
 def load_local(path, *, backend: str | None = None, name: str | None = None):
     """Load a kernel from a local source tree, a folder with ``build/``, or one build variant."""
+    from . import warm  # unchanged since it was prepared: one stat per file, one import
+
+    module = warm.try_load_local(str(path), backend) if isinstance(path, str) or hasattr(path, "__fspath__") else None
+    if module is not None:
+        return module
     from .pipeline import load_local_path
 
     return load_local_path(path, backend=backend, name=name)

@@ -1,4 +1,4 @@
-"""The ``jitkernels`` command: ``inspect``, ``warmup``, ``lock``, ``verify``, ``demo``, ``cache``.
+"""The ``jitkernels`` command: ``inspect``, ``warmup``, ``lock``, ``verify``, ``demo``, ``cache [list|info|prune|clear]``.
 
 Exit status 0 on success; 1 with one clear ``error:`` line on a JitKernels
 error; 2 for bad usage.
@@ -117,9 +117,48 @@ def cmd_verify(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from . import config
+    from . import cache_admin, config
 
-    print(config.cache_dir())
+    action = getattr(args, "action", None)
+    if action is None:
+        print(config.cache_dir())
+        return 0
+    if action == "list":
+        infos = cache_admin.list_entries()
+    elif action == "info":
+        infos = cache_admin.find(args.name)
+        if not infos:
+            from .errors import CacheError
+
+            raise CacheError(f"No cache entry named {args.name!r} in {config.cache_dir()} "
+                             f"(`jitkernels cache list` shows them).")
+    else:
+        if action == "prune" and args.older_than is None and not args.unloadable and not args.damaged:
+            print("error: say what to prune: --older-than DAYS, --unloadable or --damaged", file=sys.stderr)
+            return 2
+        if action == "clear" and not (args.yes or args.dry_run):
+            print("error: clearing removes every entry; pass --yes (or --dry-run)", file=sys.stderr)
+            return 2
+        removed, busy = (cache_admin.prune(args.older_than, args.unloadable, args.damaged, args.dry_run)
+                         if action == "prune" else cache_admin.clear(args.dry_run))
+        if args.json:
+            print(json.dumps({"removed": [e.to_dict() for e in removed], "in_use": [e.to_dict() for e in busy],
+                              "dry_run": args.dry_run}, indent=2, sort_keys=True))
+        else:
+            verb = "would remove" if args.dry_run else "removed"
+            for e in removed:
+                print(f"{verb} {e.name} ({e.kernel or '-'}, {cache_admin.human_size(e.size)})")
+            for e in busy:
+                print(f"kept {e.name}: in use by another process", file=sys.stderr)
+            print(f"{verb} {len(removed)} entries, {cache_admin.human_size(sum(e.size for e in removed))}")
+        return 0
+    if args.json:
+        print(json.dumps([e.to_dict() for e in infos], indent=2, sort_keys=True))
+    elif action == "info":
+        for e in infos:
+            print("\n".join(f"{k:<9} {v}" for k, v in e.to_dict().items()) + "\n")
+    else:
+        cache_admin.print_table(infos)
     return 0
 
 
@@ -158,8 +197,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="re-hash every cache entry (loads only compare file sizes)")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("cache", help="print the cache folder")
-    p.set_defaults(func=cmd_cache)
+    p = sub.add_parser("cache", help="print the cache folder, or list, inspect, prune or clear its entries")
+    p.set_defaults(func=cmd_cache, action=None)
+    actions = p.add_subparsers(dest="action")
+    q = actions.add_parser("list", help="every entry: kernel, revision, backend, archs, ABI, size, last use")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q = actions.add_parser("info", help="the entries of one kernel (or one entry folder name)")
+    q.add_argument("name")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q = actions.add_parser("prune", help="remove entries not used lately, not loadable here, or damaged")
+    q.add_argument("--older-than", type=float, metavar="DAYS", help="not used for DAYS days")
+    q.add_argument("--unloadable", action="store_true", help="native entries for another Python ABI or torch build")
+    q.add_argument("--damaged", action="store_true", help="entries that fail the integrity check")
+    q.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q = actions.add_parser("clear", help="remove every entry not in use, the indexes, memos and logs")
+    q.add_argument("--yes", action="store_true", help="really clear")
+    q.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    q.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 

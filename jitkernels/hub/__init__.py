@@ -248,13 +248,17 @@ class _KernelLoader(importlib.abc.Loader):
         return None
 
     def _load(self, fullname: str) -> ModuleType:
-        from .. import pipeline
         from . import _pins
 
         chosen = None
         try:
             chosen = _pins.lookup(self.provider, self.name)
             kwargs = chosen.load_kwargs() if chosen is not None else {}
+            module = _warm(self.provider, self.name, fullname, kwargs)
+            if module is not None:
+                return module
+            from .. import pipeline
+
             return pipeline.load_kernel(self.provider, self.name, module_name=fullname, **kwargs)
         except Exception as exc:
             for kind, reason in _not_found_types():
@@ -295,6 +299,18 @@ class _KernelLoader(importlib.abc.Loader):
             spec.loader.exec_module(module)
             return
         sys.modules[fullname] = loaded  # already there when imported under this name; an alias otherwise
+
+
+def _warm(provider: str, name: str, fullname: str, kwargs: dict):
+    """The warm path (:func:`jitkernels.warm.try_load`) for an import, unless a lock file must be checked."""
+    from .. import config, warm
+
+    if config.lockfile() is not None:
+        return None
+    version = kwargs.get("version")
+    revision = f"v{version}" if type(version) is int else kwargs.get("revision")
+    return warm.try_load(provider, name, revision, kwargs.get("backend"), module_name=fullname,
+                         trust_remote_code=kwargs.get("trust_remote_code", False))
 
 
 def _describe(p: Pin) -> str:

@@ -1,0 +1,177 @@
+"""What an operator does with a cache: list its entries, look at one, prune, clear.
+
+Every removal takes the entry's lock without waiting (the same lock a load
+holds while it makes or replaces the entry) and skips the entry if someone
+holds it, then moves it out with one rename (:func:`jitkernels.entries.discard`):
+a load racing a prune either finds the whole entry or none, and rebuilds it.
+Indexes that pointed to a removed entry are harmless: a load finds the entry
+gone and takes the cold path.
+
+"Last use" is the newest access time of the entry's files, as the filesystem
+keeps it (``relatime``, the Linux default, updates it about once a day).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import cache, entries, locks
+from .errors import LockTimeoutError
+from .warm import MANIFEST, check_entry, read_json
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    name: str
+    kernel: str | None
+    revision: str | None
+    backend: str | None
+    kind: str  # "python" | "native" | "git-source"
+    archs: list
+    abi: str | None
+    torch: str | None
+    size: int
+    created: float | None
+    last_use: float | None
+    intact: bool
+    problem: str | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _size_and_last_use(folder: Path) -> tuple[int, float | None]:
+    size, last = 0, None
+    for path in folder.rglob("*"):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        if path.is_file():
+            size += st.st_size
+            last = st.st_atime if last is None else max(last, st.st_atime)
+    return size, last
+
+
+def describe(folder: Path) -> EntryInfo:
+    manifest = read_json(folder / MANIFEST) or {}
+    inspection = manifest.get("inspection") if isinstance(manifest.get("inspection"), dict) else {}
+    toolchain = manifest.get("toolchain") if isinstance(manifest.get("toolchain"), dict) else {}
+    if "git" in manifest:
+        kind = "git-source"
+    elif "build_key" in manifest:
+        kind = "native"
+    else:
+        kind = "python"
+    size, last = _size_and_last_use(folder)
+    problem = check_entry(folder)
+    return EntryInfo(
+        name=folder.name,
+        kernel=inspection.get("repo_id") or (manifest.get("git") or {}).get("url"),
+        revision=inspection.get("revision") or (manifest.get("git") or {}).get("commit"),
+        backend=inspection.get("backend"),
+        kind=kind,
+        archs=list(manifest.get("archs") or []),
+        abi=toolchain.get("python"),
+        torch=toolchain.get("torch_build"),
+        size=size,
+        created=manifest.get("created") if isinstance(manifest.get("created"), (int, float)) else None,
+        last_use=last,
+        intact=problem is None,
+        problem=problem,
+    )
+
+
+def list_entries() -> list[EntryInfo]:
+    folder = cache.root() / "entries"
+    if not folder.is_dir():
+        return []
+    return [describe(p) for p in sorted(folder.iterdir()) if p.is_dir()]
+
+
+def find(name: str) -> list[EntryInfo]:
+    """Entries whose folder name, or kernel (repo id), or kernel short name is ``name``."""
+    return [e for e in list_entries()
+            if name in (e.name, e.kernel) or (e.kernel and e.kernel.rsplit("/", 1)[-1] == name)]
+
+
+def loadable_here(info: EntryInfo) -> bool:
+    """Could this interpreter load the entry? Native entries need the same Python ABI and torch build."""
+    if info.kind != "native":
+        return True
+    from . import environment
+
+    import torch
+
+    return info.abi == environment.python_abi_tag() and info.torch == torch.__version__
+
+
+def remove(info: EntryInfo, dry_run: bool = False) -> bool:
+    """Remove one entry unless its lock is held (a load is making or replacing it). True if removed."""
+    folder = cache.entry_dir(info.name)
+    if dry_run:
+        return True
+    try:
+        with locks.hold(f"entry:{info.name}", "removing a cache entry", wait=False):
+            if folder.exists():
+                entries.discard(folder)
+            return True
+    except LockTimeoutError:
+        return False
+
+
+def prune(older_than_days: float | None = None, unloadable: bool = False, damaged: bool = False,
+          dry_run: bool = False) -> tuple[list[EntryInfo], list[EntryInfo]]:
+    """Remove entries unused for ``older_than_days``, or not loadable by this interpreter, or damaged.
+
+    Returns (removed, kept because in use).
+    """
+    now = time.time()
+    removed, busy = [], []
+    for info in list_entries():
+        stale = older_than_days is not None and (info.last_use or info.created or 0) < now - older_than_days * 86400
+        if stale or (unloadable and not loadable_here(info)) or (damaged and not info.intact):
+            (removed if remove(info, dry_run) else busy).append(info)
+    return removed, busy
+
+
+def clear(dry_run: bool = False) -> tuple[list[EntryInfo], list[EntryInfo]]:
+    """Remove every entry (skipping those in use) and the indexes, memos, logs and idle workspaces."""
+    removed, busy = [], []
+    for info in list_entries():
+        (removed if remove(info, dry_run) else busy).append(info)
+    if not dry_run:
+        for sub in ("index", "local", "refs", "logs", "machine"):
+            shutil.rmtree(cache.root() / sub, ignore_errors=True)
+        cache.sweep(cache.root() / "builds", lambda f: cache.lock_path(cache.workspace_lock_key(f.name)), max_idle=0)
+        cache.sweep(cache.root() / "staging")
+    return removed, busy
+
+
+def human_size(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(size)
+
+
+def when(stamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp)) if stamp else "-"
+
+
+def print_table(infos: list[EntryInfo], out=sys.stdout) -> None:
+    rows = [["entry", "kernel", "revision", "backend", "kind", "archs", "abi", "size", "last use"]]
+    for e in infos:
+        rows.append([e.name, e.kernel or "-", (e.revision or "-")[:12], e.backend or "-", e.kind,
+                     ",".join(e.archs) or "-", e.abi or "-", human_size(e.size),
+                     when(e.last_use) + ("" if e.intact else "  DAMAGED")])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip(), file=out)
+    total = sum(e.size for e in infos)
+    print(f"{len(infos)} entries, {human_size(total)} in {cache.root()}", file=out)
