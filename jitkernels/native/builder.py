@@ -39,6 +39,7 @@ from ..prepare import (
     stage_package,
     write_manifest,
 )
+from . import compiler_cache
 from .codegen import REGISTRATION_H
 from .spec import BuildSpec, make_spec
 
@@ -167,6 +168,7 @@ def _merge_std(common: tuple[str, ...], own: tuple[str, ...]) -> list[str]:
 
 def write_ninja(spec: BuildSpec, src: Path, gen: Path, obj: Path, library: Path, paths: dict) -> Path:
     cxx = os.environ.get("CXX", "c++")
+    launch = "".join(_q(arg) + " " for arg in compiler_cache.launcher())  # sccache/ccache, or nothing
     system = [f"-isystem {_q(p)}" for p in paths["includes"]]
     lines = [
         "ninja_required_version = 1.3",
@@ -174,7 +176,7 @@ def write_ninja(spec: BuildSpec, src: Path, gen: Path, obj: Path, library: Path,
         f"system_includes = {' '.join(system)}",
         "",
         "rule cxx",
-        "  command = $cxx -MMD -MF $out.d $flags $system_includes -c $in -o $out",
+        f"  command = {launch}$cxx -MMD -MF $out.d $flags $system_includes -c $in -o $out",
         "  depfile = $out.d",
         "  deps = gcc",
         "  description = CXX $in",
@@ -185,7 +187,7 @@ def write_ninja(spec: BuildSpec, src: Path, gen: Path, obj: Path, library: Path,
         lines += [
             f"nvcc = {_q(paths['nvcc'])}",
             "rule cuda",
-            f"  command = $nvcc {ccbin}--generate-dependencies-with-compile --dependency-output $out.d "
+            f"  command = {launch}$nvcc {ccbin}--generate-dependencies-with-compile --dependency-output $out.d "
             "$flags $system_includes -c $in -o $out",
             "  depfile = $out.d",
             "  deps = gcc",
