@@ -10,8 +10,6 @@ import jitkernels
 from jitkernels import config
 from jitkernels.cli import main
 
-from conftest import EXAMPLES
-
 
 @pytest.mark.parametrize("argv,message", [
     (["--backend", "cpu", "--arch", "9.0"], "--arch needs --backend cuda"),
