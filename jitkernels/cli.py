@@ -1,4 +1,5 @@
-"""The ``jitkernels`` command: ``inspect``, ``warmup``, ``lock``, ``verify``, ``demo``, ``cache [list|info|prune|clear]``.
+"""The ``jitkernels`` command: ``inspect``, ``warmup``, ``build``, ``export``, ``lock``, ``verify``, ``demo``,
+``cache [list|info|prune|clear]``.
 
 Exit status 0 on success; 1 with one clear ``error:`` line on a JitKernels
 error; 2 for bad usage.
@@ -116,6 +117,89 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def _normalise_archs(values: list[str]) -> list[str]:
+    """``--arch 9.0a --arch 8.0,8.9`` -> GPU capabilities (``9.0``, ``8.0``, ``8.9``).
+
+    An ``a``/``f`` suffix names the same GPU: as on that GPU, the arch-specific
+    code is built where the kernel declares it, so the entry gets the build key a
+    machine with that GPU computes (and finds it in a shared cache).
+    """
+    import re
+
+    archs = []
+    for value in values:
+        for arch in (a for a in re.split(r"[;,\s]+", value) if a):
+            match = re.fullmatch(r"(\d+\.\d+)([af]?)(\+PTX)?", arch)
+            if not match:
+                raise ValueError(f"--arch {arch!r} is not a CUDA capability such as 9.0, 9.0a or 8.0+PTX")
+            archs.append(match.group(1) + (match.group(3) or ""))
+    return list(dict.fromkeys(archs))
+
+
+def cmd_build(args) -> int:
+    """Compile kernels into the cache without importing them (no GPU needed with --arch)."""
+    import os
+
+    from .prebuild import prepare_kernel, prepare_local
+
+    if args.arch and args.backend != "cuda":
+        print("error: --arch needs --backend cuda", file=sys.stderr)
+        return 2
+    try:
+        archs = _normalise_archs(args.arch or [])
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    saved = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if archs:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(archs)
+    failures = 0
+    total = len(args.names)
+    try:
+        for index, name in enumerate(args.names, 1):
+            start = time.monotonic()
+            try:
+                if args.local:
+                    prepared = prepare_local(name, backend=args.backend)
+                else:
+                    prepared = prepare_kernel(args.provider, name, revision=args.revision, version=args.version,
+                                              backend=args.backend, trust_remote_code=args.trust_remote_code)
+            except JitKernelsError as exc:
+                failures += 1
+                print(f"[{index}/{total}] {name}: FAILED: {exc}", file=sys.stderr, flush=True)
+                continue
+            i = prepared.inspection
+            print(f"[{index}/{total}] {name}: {i.backend}{' ' + ','.join(archs) if archs else ''} "
+                  f"ready in {time.monotonic() - start:.1f}s: {prepared.entry}", file=sys.stderr, flush=True)
+    finally:
+        if archs:
+            if saved is None:
+                os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
+            else:
+                os.environ["TORCH_CUDA_ARCH_LIST"] = saved
+    if failures:
+        print(f"error: {failures} of {total} kernels failed to build", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_export(args) -> int:
+    """Write a kernel's built entry in upstream's build/<variant>/ layout (building it if needed)."""
+    from .export import export_entry, publish_hint
+    from .prebuild import prepare_kernel, prepare_local
+
+    if args.local:
+        prepared = prepare_local(args.name, backend=args.backend)
+    else:
+        prepared = prepare_kernel(args.provider, args.name, revision=args.revision, version=args.version,
+                                  backend=args.backend, trust_remote_code=args.trust_remote_code)
+    folder = export_entry(prepared, args.to)
+    print(folder)
+    repo = prepared.inspection.repo_id if not args.local else None
+    print(f"publish with: {publish_hint(folder, repo)}", file=sys.stderr)
+    return 0
+
+
 def cmd_cache(args) -> int:
     from . import cache_admin, config
 
@@ -196,6 +280,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="re-hash every cache entry (loads only compare file sizes)")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("build", help="compile kernels into the cache without loading them (CUDA: no GPU needed)")
+    p.add_argument("names", nargs="+", help="kernel names (or folders with --local)")
+    _add_target_args(p)
+    p.add_argument("--arch", action="append", metavar="CAP",
+                   help="CUDA capability to compile for (9.0, 9.0a, 8.0+PTX; repeat or comma-separate); "
+                        "sets TORCH_CUDA_ARCH_LIST for this build")
+    p.add_argument("--local", action="store_true", help="the names are local kernel folders")
+    p.add_argument("--trust-remote-code", action="store_true", help="build kernels of untrusted publishers")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("export", help="write a built kernel as upstream's build/<variant>/ (for kernels.get_kernel)")
+    p.add_argument("name", help="kernel name (or a folder with --local)")
+    p.add_argument("--to", required=True, help="folder to write build/<variant>/ into (upload it with `hf upload`)")
+    _add_target_args(p)
+    p.add_argument("--local", action="store_true", help="the name is a local kernel folder")
+    p.add_argument("--trust-remote-code", action="store_true", help="export kernels of untrusted publishers")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("cache", help="print the cache folder, or list, inspect, prune or clear its entries")
     p.set_defaults(func=cmd_cache, action=None)

@@ -174,3 +174,18 @@ def cc() -> str | None:
 def hf_endpoint() -> str:
     """``HF_ENDPOINT`` (huggingface_hub's own), for messages."""
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def remote_cache_url() -> str | None:
+    """``JITKERNELS_REMOTE_CACHE``: an fsspec URL (``s3://``, ``gs://``, ``file://``, ``hf://``); unset: off."""
+    return os.environ.get("JITKERNELS_REMOTE_CACHE", "").strip() or None
+
+
+def remote_cache_mode() -> str:
+    """``JITKERNELS_REMOTE_CACHE_MODE``: ``read`` (default: the fleet) or ``write`` (the builder)."""
+    return os.environ.get("JITKERNELS_REMOTE_CACHE_MODE", "read").strip().lower() or "read"
+
+
+def compiler_cache() -> str:
+    """``JITKERNELS_COMPILER_CACHE``: ``sccache``, ``ccache``, ``auto`` or ``off`` (default)."""
+    return os.environ.get("JITKERNELS_COMPILER_CACHE", "").strip().lower() or "off"

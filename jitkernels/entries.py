@@ -5,12 +5,14 @@ Python payloads (:mod:`jitkernels.prepare`) and native builds
 :class:`Recipe`; :func:`obtain` is the whole policy::
 
     entry intact?                      -> use it (no lock: read-only caches load)
-    JITKERNELS_DISABLE_BUILD and native -> BuildError (a fleet's prebuilt cache missed)
     hold the entry's lock               (waits, reports the holder, gives up on a stopped one)
         intact now?                    -> use it (another process made it meanwhile)
         damaged?                       -> report once, discard
+        [native: in the remote cache?  -> fetch, verify every sha256, publish; done]
+        JITKERNELS_DISABLE_BUILD and native -> BuildError (a fleet's prebuilt cache missed)
         [native: hold the build workspace, kept across interruptions and local edits]
         stage -> recipe.fill -> manifest -> verify -> bytecode -> umask -> one rename
+        [native: store to the remote cache, in write mode]
 
 Nothing half-made is ever published, and every filesystem failure is a
 :class:`~jitkernels.errors.CacheError` naming the path and ``JITKERNELS_CACHE``.
@@ -40,7 +42,9 @@ class Recipe:
 
     ``fill(out, work)`` writes the entry's files (the package folder ``<python_name>/``) into
     ``out`` and returns extra manifest fields; ``work`` is the persistent build workspace
-    ``builds/<workspace>/`` (None when ``workspace`` is None).
+    ``builds/<workspace>/`` (None when ``workspace`` is None). ``compiled`` entries obey
+    ``JITKERNELS_DISABLE_BUILD``; with a ``build_key`` they are also looked up in (and stored to)
+    the remote artifact cache (:mod:`jitkernels.remote`).
     """
 
     name: str
@@ -48,6 +52,7 @@ class Recipe:
     inspection: object
     fill: Callable[[Path, Path | None], dict]
     compiled: bool = False
+    build_key: str | None = None
     workspace: str | None = None
     keep_workspace: bool = False
     log: Path | None = None
@@ -59,12 +64,9 @@ def obtain(recipe: Recipe) -> Path:
     if check_entry(entry) is None:
         return entry
     check_owner()
-    if recipe.compiled and config.disable_build():
-        raise BuildError(
-            f"{recipe.what} is not in the cache at {entry} and JITKERNELS_DISABLE_BUILD=1 forbids compiling "
-            f"it. Prebuild it with `jitkernels warmup` on a machine of this kind (same torch, CUDA, Python "
-            f"and GPU) and ship the cache."
-        )
+    remote = _remote(recipe)
+    if remote is None:
+        _check_build_allowed(recipe, entry)
     with locks.hold(f"entry:{recipe.name}", recipe.what, recipe.log):
         problem = check_entry(entry)
         if problem is None:
@@ -72,15 +74,41 @@ def obtain(recipe: Recipe) -> Path:
         if entry.exists():
             warning_once(f"The cached kernel {entry.name} is damaged ({problem}); it is rebuilt.")
             discard(entry)
-        with contextlib.ExitStack() as stack:
-            work = stack.enter_context(_workspace(recipe)) if recipe.workspace else None
-            out = stack.enter_context(cache.staging(recipe.name))
-            with cache.guard(out):
-                extra = recipe.fill(out, work)
-                _publish(out, entry, recipe.inspection, extra)
-            if work is not None and not recipe.keep_workspace:
-                shutil.rmtree(work, ignore_errors=True)
+        with cache.staging(recipe.name) as out:
+            if remote is not None and remote.fetch(recipe.name, recipe.build_key, out):
+                with cache.guard(out):
+                    _publish(out, entry, None, None)  # verified by fetch: its manifest is the remote one
+                logger.info("jitkernels: %s came from the remote cache %s", recipe.name, remote)
+                return entry
+            _check_build_allowed(recipe, entry)
+            with _workspace(recipe) if recipe.workspace else contextlib.nullcontext() as work:
+                with cache.guard(out):
+                    extra = recipe.fill(out, work)
+                    _publish(out, entry, recipe.inspection, extra)
+                if work is not None and not recipe.keep_workspace:
+                    shutil.rmtree(work, ignore_errors=True)
+        if remote is not None:
+            remote.store(recipe.name, entry)
     return entry
+
+
+def _remote(recipe: Recipe):
+    """The remote artifact cache (``JITKERNELS_REMOTE_CACHE``) for compiled entries, or None."""
+    if not recipe.compiled or recipe.build_key is None:
+        return None
+    from . import remote
+
+    return remote.configured()
+
+
+def _check_build_allowed(recipe: Recipe, entry: Path) -> None:
+    if recipe.compiled and config.disable_build():
+        where = " or the remote cache" if _remote(recipe) is not None else ""
+        raise BuildError(
+            f"{recipe.what}: not in the cache at {entry}{where}, and JITKERNELS_DISABLE_BUILD=1 forbids "
+            f"compiling it. Prebuild it with `jitkernels build` (or `warmup`) on a machine of this kind (same "
+            f"torch, CUDA, Python and GPU arch) and ship the cache, or fill the remote cache."
+        )
 
 
 @contextlib.contextmanager
@@ -92,8 +120,10 @@ def _workspace(recipe: Recipe):
         yield work
 
 
-def _publish(staged: Path, entry: Path, inspection, extra: dict) -> None:
-    write_manifest(staged, inspection, extra)
+def _publish(staged: Path, entry: Path, inspection, extra: dict | None) -> None:
+    """Manifest (unless ``inspection`` is None: already there), verify, bytecode, umask, one rename."""
+    if inspection is not None:
+        write_manifest(staged, inspection, extra)
     problem = check_entry(staged, full=True)
     if problem is not None:  # the disk lost what we just wrote
         raise CacheError(f"Preparing {entry.name} in the JitKernels cache failed: {problem}. "

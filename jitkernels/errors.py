@@ -99,3 +99,11 @@ class LockfileError(JitKernelsError, ValueError):
 
 class PatchError(JitKernelsError, RuntimeError):
     """``jitkernels.patch()`` could not redirect the upstream ``kernels`` package."""
+
+
+class RemoteCacheError(CacheError):
+    """``JITKERNELS_REMOTE_CACHE`` is misconfigured (bad URL or mode, missing fsspec backend).
+
+    Only configuration problems raise; a remote that is down, slow or holds a
+    damaged entry is reported with a warning and treated as a miss.
+    """

@@ -174,6 +174,12 @@ def load_snapshot(snapshot: Snapshot, name: str, backend: str, index_ids: set[st
     is the name the package is imported under; the ``jitkernels.hub`` import
     hook passes its own (``jitkernels.hub.hf.<name>``).
     """
+    inspection, entry, _plan_ = prepare_snapshot(snapshot, name, backend, index_ids, locked)
+    return import_package(module_name or inspection.module_name, entry / inspection.python_name, what=inspection.repo_id)
+
+
+def prepare_snapshot(snapshot: Snapshot, name: str, backend: str, index_ids=frozenset(), locked=None):
+    """Plan, prepare (or build) and index a kernel without importing it: ``(inspection, entry folder, plan)``."""
     warm.check_owner()  # its entries are code we run, even when they are found, not made
     inspection, source_plan = _plan(snapshot, name, backend)
     if inspection.strategy == UNSUPPORTED or source_plan is None:
@@ -202,7 +208,7 @@ def load_snapshot(snapshot: Snapshot, name: str, backend: str, index_ids: set[st
     else:
         entries.index(inspection.provider, set(index_ids) | {snapshot.ref.repo_id, inspection.repo_id}, (name,),
                       inspection.revision or snapshot.commit, backend, inspection, entry, snapshot.trust)
-    return import_package(module_name or inspection.module_name, entry / inspection.python_name, what=inspection.repo_id)
+    return inspection, entry, source_plan
 
 
 def load_kernel(provider, name: str, *, revision=None, version=None, backend=None, trust_remote_code=False,

@@ -40,6 +40,7 @@ from ..inspection import Inspection
 from ..log import logger
 from ..planning import SourcePlan, digest_files
 from ..prepare import entry_module_name, fetch_inputs, ops_py, stage_package
+from . import compiler_cache
 from .codegen import REGISTRATION_H
 from .spec import BuildSpec, make_spec
 
@@ -77,7 +78,8 @@ def build_native(inspection: Inspection, plan: SourcePlan) -> tuple[Inspection, 
 
     recipe = entries.Recipe(
         name=name, what=f"building {inspection.repo_id} ({spec.backend})", inspection=inspection, fill=fill,
-        compiled=True, workspace=workspace, keep_workspace=local, log=cache.log_file(spec.extension_name),
+        compiled=True, build_key=spec.key(), workspace=workspace, keep_workspace=local,
+        log=cache.log_file(spec.extension_name),
     )
     return inspection, entries.obtain(recipe)
 
@@ -102,8 +104,9 @@ def _compile_into(inspection, plan, spec, root, files, out: Path, work: Path) ->
     shutil.copyfile(library, package / library.name)
     stage_package(plan, root, package, native=True)
     (package / "_ops.py").write_text(ops_py(spec.extension_name, import_library=True))
-    return {"build_key": spec.key(), "spec": spec.describe(), "archs": list(spec.archs),
-            "toolchain": dict(spec.toolchain)}
+    launcher = compiler_cache.describe()
+    return {"build_key": spec.key(), "spec": spec.describe() + (f"; through {launcher}" if launcher else ""),
+            "archs": list(spec.archs), "toolchain": dict(spec.toolchain)}
 
 
 def sync_tree(folder: Path, wanted: dict[str, "bytes | Path"]) -> int:
@@ -194,6 +197,7 @@ def object_name(unit_path: str) -> str:
 
 
 def write_ninja(spec: BuildSpec, src: Path, gen: Path, obj: Path, library: Path, paths: dict) -> Path:
+    launch = "".join(_q(arg) + " " for arg in compiler_cache.launcher())  # sccache/ccache, or nothing
     system = [f"-isystem {_q(p)}" for p in paths["includes"]]
     lines = [
         "ninja_required_version = 1.3",
@@ -201,7 +205,7 @@ def write_ninja(spec: BuildSpec, src: Path, gen: Path, obj: Path, library: Path,
         f"system_includes = {' '.join(system)}",
         "",
         "rule cxx",
-        "  command = $cxx -MMD -MF $out.d $flags $system_includes -c $in -o $out",
+        f"  command = {launch}$cxx -MMD -MF $out.d $flags $system_includes -c $in -o $out",
         "  depfile = $out.d",
         "  deps = gcc",
         "  description = CXX $in",
@@ -212,7 +216,7 @@ def write_ninja(spec: BuildSpec, src: Path, gen: Path, obj: Path, library: Path,
         lines += [
             f"nvcc = {_q(paths['nvcc'])}",
             "rule cuda",
-            f"  command = $nvcc {ccbin}--generate-dependencies-with-compile --dependency-output $out.d "
+            f"  command = {launch}$nvcc {ccbin}--generate-dependencies-with-compile --dependency-output $out.d "
             "$flags $system_includes -c $in -o $out",
             "  depfile = $out.d",
             "  deps = gcc",
