@@ -293,3 +293,43 @@ def test_four_processes_storing_one_key_end_with_one_valid_entry(remote_url, mon
     manifests = reader.fs.find(f"{reader.root}/entries")
     assert [m for m in manifests if m.endswith("manifest.json")] == [reader.manifest_path(ENTRY)]
     assert not [m for m in manifests if m.endswith(".tmp")]
+
+
+# -- through the load pipeline: a builder fills the remote, the fleet only downloads -----------------------------
+
+LOAD_SCALED_ADD = """
+import torch, jitkernels
+k = jitkernels.load("hf", "jitkernels-examples/scaled-add", revision="main", backend="cpu")
+x = torch.randn(32)
+assert torch.allclose(k.scaled_add(x, x, 1.0), 2 * x)
+print("OK", k.__file__)
+"""
+
+
+@pytest.mark.slow
+def test_builder_fills_the_remote_and_other_machines_load_without_compiling(online, tmp_path):
+    shared = tmp_path / "shared-remote"
+    url = f"file://{shared}"
+
+    def machine(name: str, **env) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", LOAD_SCALED_ADD], capture_output=True, text=True, timeout=900,
+                              env=child_env(JITKERNELS_CACHE=tmp_path / name / "jkcache",
+                                            HF_HOME=tmp_path / name / "hf", HF_HUB_CACHE=tmp_path / name / "hf" / "hub",
+                                            JITKERNELS_REMOTE_CACHE=url, **env))
+
+    builder = machine("builder", JITKERNELS_REMOTE_CACHE_MODE="write")
+    assert builder.returncode == 0 and "OK" in builder.stdout, builder.stderr[-3000:]
+    (entry_name,) = [p.name for p in (shared / "entries").iterdir()]
+
+    fleet = machine("fleet", JITKERNELS_DISABLE_BUILD="1")  # a compile would be an error here
+    assert fleet.returncode == 0 and "OK" in fleet.stdout, fleet.stderr[-3000:]
+    assert entry_name in fleet.stdout
+    assert not (tmp_path / "fleet" / "jkcache" / "builds").exists()  # nothing was compiled
+
+    blob = next((shared / "entries" / entry_name / "blobs").iterdir())
+    blob.write_bytes(b"tampered" + blob.read_bytes()[8:])
+    refused = machine("fleet-2", JITKERNELS_DISABLE_BUILD="1")
+    assert refused.returncode != 0 and "BuildError" in refused.stderr and "remote cache" in refused.stderr
+    assert "refused" in refused.stderr.lower() or "sha256" in refused.stderr
+    assert not (tmp_path / "fleet-2" / "jkcache" / "entries").exists() or not any(
+        (tmp_path / "fleet-2" / "jkcache" / "entries").glob("_scaled_add*"))
