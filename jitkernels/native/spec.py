@@ -115,7 +115,6 @@ def toolchain_facts(backend: str) -> tuple[tuple[str, str], ...]:
     }
     if backend == "cuda":
         facts["nvcc"] = str(environment.nvcc_version())
-        facts["cuda_home"] = str(environment.cuda_home())
     return tuple(sorted(facts.items()))
 
 
