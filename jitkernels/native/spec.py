@@ -4,7 +4,9 @@
 local toolchain into a :class:`BuildSpec`; the builder only executes specs.
 ``BuildSpec.key()`` is the cache key: every input file's digest, every flag,
 torch (or stable-ABI) version, CUDA versions, GPU archs, Python ABI tag
-(``cp313t`` for free-threaded builds), platform and the recipe version.
+(``cp313t`` for free-threaded builds), platform, the recipe version, and the
+name, version and digest of every resolved build input (CUTLASS...: their
+folders are not in the key, their content is).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
-from .. import config, environment
+from .. import config, environment, inputs
 from ..buildconfig import BuildConfig
 from ..errors import ToolchainError
 from . import flags as F
@@ -43,18 +45,24 @@ class BuildSpec:
     stable_abi: str | None
     inputs_digest: str
     toolchain: tuple[tuple[str, str], ...]
+    #: (name, version, digest) of each resolved build input other than torch (``cutlass_3_8``...).
+    build_inputs: tuple[tuple[str, str, str], ...] = ()
+    #: Their include folders on this machine (searched by every unit, as kernel-builder's include_directories).
+    include_dirs: tuple[str, ...] = ()
 
     def key(self) -> str:
-        """The cache key: everything that changes the built library (not the label ``kernel``)."""
+        """The cache key: everything that changes the built library (not the label ``kernel``, not local paths)."""
         fields = asdict(self)
         fields.pop("kernel")
+        fields.pop("include_dirs")
         data = json.dumps(fields, sort_keys=True, default=list)
         return hashlib.sha256(f"{config.RECIPE_VERSION}|{data}".encode()).hexdigest()
 
     def describe(self) -> str:
         cu = sum(1 for u in self.units if u.language == "cuda")
+        with_inputs = "".join(f", {name} {version}" for name, version, _ in self.build_inputs)
         return (
-            f"{self.kernel} ({self.backend}{', archs ' + ' '.join(self.archs) if self.archs else ''}): "
+            f"{self.kernel} ({self.backend}{', archs ' + ' '.join(self.archs) if self.archs else ''}{with_inputs}): "
             f"{len(self.units)} translation units ({cu} CUDA)"
         )
 
@@ -110,14 +118,9 @@ def make_spec(config_: BuildConfig, kernel: str, backend: str, kernels: tuple[st
                 extra = torch_section.cxx_flags if lang == "cxx" else F.gencode(archs)
                 units.append(SourceUnit(src, lang, tuple(extra), torch_section.include))
     link: list[str] = []
-    for section in config_.kernels_for(backend):
-        if section.name not in kernels:
-            continue
-        section_archs = F.kernel_archs(section.cuda_capabilities, archs) if backend == "cuda" else []
-        if backend == "cuda" and not section_archs and section.cuda_capabilities:
-            # None of its capabilities runs on these GPUs; compile it for its lowest one so the
-            # library still links (kernel-builder builds it for every default arch).
-            section_archs = [sorted(section.cuda_capabilities, key=F._arch_key)[0]]
+    sections = [s for s in config_.kernels_for(backend) if s.name in kernels]
+    for section in sections:
+        gencode = section_gencode(section.cuda_capabilities, archs) if backend == "cuda" else []
         for src in section.src:
             lang = _language(src)
             if lang is None:
@@ -125,13 +128,16 @@ def make_spec(config_: BuildConfig, kernel: str, backend: str, kernels: tuple[st
             if lang == "cuda" and backend != "cuda":
                 continue
             if lang == "cuda":
-                extra = (*F.gencode(section_archs), *section.cuda_flags)
+                extra = (*gencode, *section.cuda_flags)
             else:
                 extra = tuple(f for f in section.cxx_flags if not f.startswith("-l"))
             units.append(SourceUnit(src, lang, tuple(extra), section.include))
         link += [f for f in (*section.cxx_flags, *section.cuda_flags) if f.startswith("-l")]
     if not units:
         raise ToolchainError(f"{kernel}: nothing to compile for {backend} (no C++/CUDA sources).")
+    declared = sorted({d for s in sections for d in s.depends if d != "torch"})
+    # With JITKERNELS_DISABLE_BUILD nothing may be fetched: the key needs only the pinned digests.
+    resolved = inputs.resolve_build_inputs(declared, backend, fetch=not config.disable_build())
     defines = F.common_defines(extension_name, backend, stable, environment.cxx11_abi())
     cxx = [*defines, *F.release_flags(), *F.host_cxx_flags(), *F.cxx_standard(torch_mm)]
     cuda = [*defines, *F.release_flags(), *F.NVCC_COMMON, *F.nvcc_host_flags(), *F.cxx_standard(torch_mm)]
@@ -149,4 +155,31 @@ def make_spec(config_: BuildConfig, kernel: str, backend: str, kernels: tuple[st
         stable_abi=stable,
         inputs_digest=inputs_digest,
         toolchain=toolchain_facts(backend),
+        build_inputs=tuple((r.name, r.version or "", r.digest or "") for r in resolved),
+        include_dirs=tuple(dict.fromkeys(d for r in resolved for d in r.include_dirs)),
     )
+
+
+def section_gencode(capabilities: tuple[str, ...], targets: list[str]) -> list[str]:
+    """The ``-gencode`` flags of one ``[kernel.*]`` section's CUDA files for the target GPUs.
+
+    A section's archs are kernel-builder's loose intersection of its
+    ``cuda-capabilities`` with the targets (none declared: the targets).
+    A section none of whose capabilities runs on the targets (flash-attn3's
+    ``flash_attn_sm80`` on an H100) is still compiled, never left out:
+    kernel-builder never skips one (huggingface/kernels 8ac69fc5,
+    ``kernel-builder/src/pyproject/templates/kernel.cmake`` lines 34-44:
+    ``cuda_archs_loose_intersection`` of the capabilities with ``CUDA_ARCHS``,
+    the whole default arch list of ``templates/torch/preamble.cmake`` lines
+    99-107 and 135, even in a local build for one GPU, lines 138-146; an empty
+    intersection is a ``FATAL_ERROR``, kernel.cmake lines 37-39), and the torch
+    binding calls into it (sage-attention's binding calls ``mha_fwd``, defined
+    in its ``10.0a``-only section): without it the library does not load. Its
+    device code can never run here, so it is compiled to PTX only, for its
+    lowest capability: the same front end as kernel-builder's build for that
+    arch, without ptxas and SASS.
+    """
+    matching = F.kernel_archs(capabilities, targets)
+    if matching or not capabilities:
+        return F.gencode(matching)
+    return F.ptx_only(sorted(capabilities, key=F._arch_key)[:1])
