@@ -170,6 +170,11 @@ def _plan_source_tree(snapshot, root, base, backend, toolchain, ignore_bounds, k
     patterns = [_prefix(root, "build.toml"), f"{package}/**"]
     if decision.strategy == insp.NATIVE_JIT:
         patterns += _native_patterns(config, backend, root, decision.kernels)
+        from .native.spec import TARGET_INCLUDES
+
+        for folder in TARGET_INCLUDES:  # searched by every file, as kernel-builder does: fetched whole
+            if any(f.startswith(_prefix(root, folder) + "/") for f in snapshot.files):
+                patterns.append(_prefix(root, folder) + "/**")
         missing = _missing_inputs(snapshot, config, backend, root, decision.kernels)
         if missing:
             raise BuildConfigError(

@@ -118,8 +118,9 @@ def test_per_kernel_flags_stay_with_their_kernel(monkeypatch):
     units = {u.path: u for u in cpu.units}
     assert "-fopenmp" in units["scaled_add_cpu/scaled_add_cpu.cpp"].flags
     assert "-fopenmp" not in units["torch-ext/torch_binding.cpp"].flags
-    assert units["scaled_add_cpu/scaled_add_cpu.cpp"].includes == ("scaled_add_cpu",)
-    assert units["torch-ext/torch_binding.cpp"].includes == ()
+    # csrc/ for every file first (kernel-builder's target include folder), then the kernel's own
+    assert units["scaled_add_cpu/scaled_add_cpu.cpp"].includes == ("csrc", "scaled_add_cpu")
+    assert units["torch-ext/torch_binding.cpp"].includes == ("csrc",)
     assert "-DCPU_KERNEL" in cpu.cxx_flags and not any("cu" in u.language for u in cpu.units)
 
 

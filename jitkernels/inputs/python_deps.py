@@ -88,7 +88,7 @@ class PythonDependsResolver(Resolver):
         missing = missing_packages([name], backend)
         versions = [v for v in (_version(p) for p, m in pairs if m) if v]
         if missing:
-            return ResolvedInput(name, self.kind, None, None, "missing",
+            return ResolvedInput(name, self.kind, None, "not installed", "missing",
                                  detail=f"pip install {' '.join(missing)}")
         return ResolvedInput(name, self.kind, ", ".join(versions) or None, "installed", "ready",
                              detail=", ".join(p for p, _ in pairs))

@@ -67,6 +67,13 @@ class BuildSpec:
         )
 
 
+#: Include folders of the whole extension, before each file's own: kernel-builder's
+#: ``define_gpu_extension_target`` does ``target_include_directories(... PRIVATE csrc ...)``
+#: (huggingface/kernels 8ac69fc5, kernel-builder/src/pyproject/templates/utils.cmake line 573).
+#: megablocks' and deep-gemm's bindings include headers from csrc/ without declaring it.
+TARGET_INCLUDES = ("csrc",)
+
+
 def _language(path: str) -> str | None:
     if path.endswith(F.CUDA_SUFFIXES):
         return "cuda"
@@ -116,7 +123,7 @@ def make_spec(config_: BuildConfig, kernel: str, backend: str, kernels: tuple[st
                 continue
             if lang:
                 extra = torch_section.cxx_flags if lang == "cxx" else F.gencode(archs)
-                units.append(SourceUnit(src, lang, tuple(extra), torch_section.include))
+                units.append(SourceUnit(src, lang, tuple(extra), (*TARGET_INCLUDES, *torch_section.include)))
     link: list[str] = []
     sections = [s for s in config_.kernels_for(backend) if s.name in kernels]
     for section in sections:
@@ -131,7 +138,7 @@ def make_spec(config_: BuildConfig, kernel: str, backend: str, kernels: tuple[st
                 extra = (*gencode, *section.cuda_flags)
             else:
                 extra = tuple(f for f in section.cxx_flags if not f.startswith("-l"))
-            units.append(SourceUnit(src, lang, tuple(extra), section.include))
+            units.append(SourceUnit(src, lang, tuple(extra), (*TARGET_INCLUDES, *section.include)))
         link += [f for f in (*section.cxx_flags, *section.cuda_flags) if f.startswith("-l")]
     if not units:
         raise ToolchainError(f"{kernel}: nothing to compile for {backend} (no C++/CUDA sources).")
