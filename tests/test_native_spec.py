@@ -81,6 +81,39 @@ def test_a_section_for_other_gpus_is_compiled_to_ptx_only(caps, targets, expecte
     assert section_gencode(caps, targets) == expected
 
 
+def test_a_file_listed_by_two_sections_is_compiled_once_with_both_sections_flags(monkeypatch):
+    """As flash-mla lists csrc/api/api_impl.cu in its sm100 and sm90 sections: one object, or the link fails."""
+    config = parse_build_toml("""
+[general]
+name = "mla"
+backends = ["cuda"]
+[torch]
+src = ["torch-ext/torch_binding.cpp"]
+[kernel.mla_sm100]
+backend = "cuda"
+depends = ["torch"]
+cuda-capabilities = ["10.0f"]
+cuda-flags = ["-DSM100", "--use_fast_math", "-lineinfo"]
+include = ["csrc", "csrc/sm100"]
+src = ["csrc/api.cu", "csrc/sm100/k.cu"]
+[kernel.mla_sm90]
+backend = "cuda"
+depends = ["torch"]
+cuda-capabilities = ["9.0a"]
+cuda-flags = ["-DFLASH_MLA_SM90_ONLY", "--use_fast_math"]
+include = ["csrc", "csrc/sm90"]
+src = ["csrc/api.cu", "csrc/sm90/k.cu"]
+""")
+    s = spec(config, "cuda", ("mla_sm100", "mla_sm90"), monkeypatch)
+    assert [u.path for u in s.units] == ["torch-ext/torch_binding.cpp", "csrc/api.cu", "csrc/sm100/k.cu", "csrc/sm90/k.cu"]
+    api = s.units[1]
+    assert api.flags == ("-gencode", "arch=compute_90a,code=sm_90a", "-DSM100", "--use_fast_math", "-lineinfo",
+                         "-DFLASH_MLA_SM90_ONLY")
+    assert api.includes == ("csrc", "csrc/sm100", "csrc/sm90")
+    assert s.units[2].flags[:2] == ("-gencode", "arch=compute_100f,code=compute_100f")  # sm100 only: PTX
+    assert s.link_flags == ()  # -lineinfo is nvcc's line info, not a library
+
+
 def test_build_inputs_are_in_the_key_by_content_not_by_folder(monkeypatch, tmp_path):
     from cutlass_archives import write_tree
 

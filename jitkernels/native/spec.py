@@ -126,20 +126,21 @@ def make_spec(config_: BuildConfig, kernel: str, backend: str, kernels: tuple[st
                 units.append(SourceUnit(src, lang, tuple(extra), (*TARGET_INCLUDES, *torch_section.include)))
     link: list[str] = []
     sections = [s for s in config_.kernels_for(backend) if s.name in kernels]
+    shared: dict[str, dict] = {}  # a file listed by several sections is one unit, as in kernel-builder's target
     for section in sections:
-        gencode = section_gencode(section.cuda_capabilities, archs) if backend == "cuda" else []
         for src in section.src:
             lang = _language(src)
-            if lang is None:
+            if lang is None or (lang == "cuda" and backend != "cuda"):
                 continue
-            if lang == "cuda" and backend != "cuda":
-                continue
-            if lang == "cuda":
-                extra = (*gencode, *section.cuda_flags)
-            else:
-                extra = tuple(f for f in section.cxx_flags if not f.startswith("-l"))
-            units.append(SourceUnit(src, lang, tuple(extra), (*TARGET_INCLUDES, *section.include)))
-        link += [f for f in (*section.cxx_flags, *section.cuda_flags) if f.startswith("-l")]
+            own = section.cuda_flags if lang == "cuda" else tuple(f for f in section.cxx_flags if not _library(f))
+            unit = shared.setdefault(src, {"lang": lang, "caps": [], "flags": [], "includes": list(TARGET_INCLUDES)})
+            unit["caps"].append(section.cuda_capabilities)
+            unit["flags"] += [f for f in own if f not in unit["flags"]]
+            unit["includes"] += [i for i in section.include if i not in unit["includes"]]
+        link += [f for f in (*section.cxx_flags, *section.cuda_flags) if _library(f)]
+    for src, unit in shared.items():
+        gencode = unit_gencode(unit["caps"], archs) if unit["lang"] == "cuda" else []
+        units.append(SourceUnit(src, unit["lang"], (*gencode, *unit["flags"]), tuple(unit["includes"])))
     if not units:
         raise ToolchainError(f"{kernel}: nothing to compile for {backend} (no C++/CUDA sources).")
     declared = sorted({d for s in sections for d in s.depends if d != "torch"})
@@ -165,6 +166,29 @@ def make_spec(config_: BuildConfig, kernel: str, backend: str, kernels: tuple[st
         build_inputs=tuple((r.name, r.version or "", r.digest or "") for r in resolved),
         include_dirs=tuple(dict.fromkeys(d for r in resolved for d in r.include_dirs)),
     )
+
+
+def _library(flag: str) -> bool:
+    """``-lfoo`` in a section's flags is a library to link; nvcc's ``-lineinfo`` is not."""
+    return flag.startswith("-l") and flag != "-lineinfo"
+
+
+def unit_gencode(capability_sets: list[tuple[str, ...]], targets: list[str]) -> list[str]:
+    """``-gencode`` flags of a file listed by one or more sections (flash-mla lists ``api_impl.cu`` in two).
+
+    kernel-builder compiles such a file once, with the flags of every section
+    appended (``set_property(SOURCE ... APPEND PROPERTY COMPILE_OPTIONS ...)``
+    in kernel.cmake): here the union of the sections' archs for these GPUs,
+    or, if none of them runs here, PTX only (see :func:`section_gencode`).
+    Its include folders are every section's (kernel-builder *sets* them per
+    section, so one section's win, in an order that is not defined: sections
+    are a Rust ``HashMap``); its flags are every section's, in file order.
+    """
+    matching = sorted({a for caps in capability_sets for a in F.kernel_archs(caps, targets)}, key=F._arch_key)
+    if matching:
+        return F.gencode(matching)
+    lowest = sorted((c for caps in capability_sets for c in caps), key=F._arch_key)[:1]
+    return F.ptx_only(lowest)
 
 
 def section_gencode(capabilities: tuple[str, ...], targets: list[str]) -> list[str]:
