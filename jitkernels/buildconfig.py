@@ -113,6 +113,7 @@ class BuildConfig:
     source: str | None = None
     upstream: str | None = None
     kernel_depends: tuple = ()
+    backend_kernel_depends: dict = field(default_factory=dict)
 
     @property
     def python_name(self) -> str:
@@ -132,6 +133,10 @@ class BuildConfig:
 
     def python_depends_for(self, backend: str) -> tuple[str, ...]:
         return self.python_depends + tuple(self.backend_python_depends.get(backend, ()))
+
+    def kernel_depends_for(self, backend: str) -> tuple:
+        """General plus ``[general.<backend>]`` kernel-depends (upstream's ``all_kernel_depends``)."""
+        return self.kernel_depends + tuple(self.backend_kernel_depends.get(backend, ()))
 
 
 # -- helpers -------------------------------------------------------------------
@@ -231,16 +236,36 @@ def _depends(reader: _Reader) -> tuple[str, ...]:
     return values
 
 
+_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*$")
+
+
+def check_kernel_dependency(item, where: str) -> dict:
+    """One ``kernel-depends`` entry as upstream's kernels-data reads it (``kernel_deps.rs``):
+    ``{repo-id, version = N}`` or ``{repo-id, revision = "..."}``, nothing else. Raises :class:`BuildConfigError`."""
+    if not isinstance(item, dict):
+        raise BuildConfigError(f"{where}: kernel-depends entries are tables {{repo-id = ..., version = N}}, found {item!r}.")
+    unknown = sorted(set(item) - {"repo-id", "version", "revision"})
+    if unknown:
+        raise BuildConfigError(f"{where}: kernel-depends entry has unknown key(s) {', '.join(unknown)}.")
+    repo_id = item.get("repo-id")
+    if not isinstance(repo_id, str) or not _REPO_ID_RE.match(repo_id) or ".." in repo_id:
+        raise BuildConfigError(f"{where}: kernel-depends 'repo-id' must be 'org/name', found {repo_id!r}.")
+    version, revision = item.get("version"), item.get("revision")
+    if (version is None) == (revision is None):
+        raise BuildConfigError(f"{where}: kernel-depends {repo_id}: give exactly one of 'version' and 'revision'.")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 0):
+        raise BuildConfigError(f"{where}: kernel-depends {repo_id}: 'version' must be a non-negative integer, found {version!r}.")
+    if revision is not None and (not isinstance(revision, str) or not revision.strip() or "\x00" in revision
+                                 or ".." in revision or "@" in revision):
+        raise BuildConfigError(f"{where}: kernel-depends {repo_id}: 'revision' must be a branch, tag or commit, found {revision!r}.")
+    return {"repo-id": repo_id, **({"version": version} if version is not None else {"revision": revision.strip()})}
+
+
 def _kernel_depends(reader: _Reader, key: str = "kernel-depends") -> tuple:
     value = reader.get(key, None, ())
     if not isinstance(value, (list, tuple)):
         raise reader.error(f"'{key}' must be a list of {{repo-id = ..., version = N}} tables.")
-    out = []
-    for item in value:
-        if not isinstance(item, dict) or not isinstance(item.get("repo-id"), str):
-            raise reader.error(f"'{key}' entries need a 'repo-id' string, found {item!r}.")
-        out.append(dict(item))
-    return tuple(out)
+    return tuple(check_kernel_dependency(item, f"{reader.origin}: {reader.where}") for item in value)
 
 
 # -- the parser -----------------------------------------------------------------
@@ -281,6 +306,7 @@ def parse_build_toml(text: str | bytes, origin: str = "build.toml") -> BuildConf
     universal_v2 = bool(general.get("universal", bool, False))
     cuda_minver = cuda_maxver = None
     backend_python_depends: dict[str, tuple[str, ...]] = {}
+    backend_kernel_depends: dict[str, tuple] = {}
     for backend_key in ("cuda", "neuron", "tpu", "xpu"):
         if backend_key in general.table:
             sub = _Reader(general.get(backend_key, dict), f"[general.{backend_key}]", origin)
@@ -290,7 +316,10 @@ def parse_build_toml(text: str | bytes, origin: str = "build.toml") -> BuildConf
             deps = sub.get("python-depends", list, ())
             if deps:
                 backend_python_depends[backend_key] = deps
-            _kernel_depends(sub)
+            if backend_key != "tpu":  # upstream's TpuGeneral has no kernel-depends
+                kdeps = _kernel_depends(sub)
+                if kdeps:
+                    backend_kernel_depends[backend_key] = kdeps
             sub.finish()
     # v2 spelled the CUDA bounds at the top of [general]
     cuda_minver = cuda_minver or general.version("cuda-minver")
@@ -386,6 +415,7 @@ def parse_build_toml(text: str | bytes, origin: str = "build.toml") -> BuildConf
         source=source,
         upstream=upstream,
         kernel_depends=kernel_depends,
+        backend_kernel_depends=backend_kernel_depends,
     )
 
 

@@ -17,7 +17,7 @@ from .errors import JitKernelsError
 _FIELDS = [
     "strategy", "reason", "backend", "repo_id", "revision", "requested_revision", "source",
     "source_location", "python_name", "module_name", "expected_extension_name", "dependencies",
-    "unsupported_dependencies", "python_depends", "kernels", "stable_abi", "edition", "detail",
+    "unsupported_dependencies", "python_depends", "kernel_depends", "kernels", "stable_abi", "edition", "detail",
 ]
 
 
@@ -38,7 +38,21 @@ def _table(inspection) -> str:
         if isinstance(value, list):
             value = ", ".join(value) if value else "-"
         lines.append(f"{key:<{width}}  {value if value not in (None, '') else '-'}")
+    lines += _input_lines(data.get("inputs") or [], width)
     return "\n".join(lines)
+
+
+def _input_lines(inputs: list[dict], width: int) -> list[str]:
+    """``inputs`` one per line: name, kind, version, where from, status (and where / what to do)."""
+    lines = []
+    for index, item in enumerate(inputs):
+        where = item.get("location") or ""
+        text = (f"{item['name']} ({item['kind']} {item.get('version') or '-'}): "
+                f"{item.get('origin') or '-'}, {item['status']}" + (f", {where}" if where else ""))
+        if item["status"] in ("missing", "unsupported") and item.get("detail"):
+            text += f" ({item['detail']})"
+        lines.append(f"{'inputs' if index == 0 else '':<{width}}  {text}")
+    return lines or [f"{'inputs':<{width}}  -"]
 
 
 def cmd_inspect(args) -> int:

@@ -189,3 +189,32 @@ def remote_cache_mode() -> str:
 def compiler_cache() -> str:
     """``JITKERNELS_COMPILER_CACHE``: ``sccache``, ``ccache``, ``auto`` or ``off`` (default)."""
     return os.environ.get("JITKERNELS_COMPILER_CACHE", "").strip().lower() or "off"
+
+
+def offline() -> bool:
+    """``JITKERNELS_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1``): JitKernels downloads no build inputs (CUTLASS archives).
+
+    The Hub itself follows huggingface_hub's ``HF_HUB_OFFLINE``.
+    """
+    return _flag("JITKERNELS_OFFLINE") or hf_offline()
+
+
+def cutlass_dir() -> Path | None:
+    """``JITKERNELS_CUTLASS_DIR``: a folder holding ``cutlass-<version>/include`` for the versions it provides."""
+    value = os.environ.get("JITKERNELS_CUTLASS_DIR", "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def cutlass_version_dir(dependency: str) -> Path | None:
+    """``JITKERNELS_CUTLASS_3_8_DIR`` (for ``cutlass_3_8``): the CUTLASS source root (holding ``include/``) of one version."""
+    value = os.environ.get(f"JITKERNELS_{dependency.upper()}_DIR", "").strip()
+    return Path(value).expanduser() if value else None
+
+
+#: Where CUTLASS release archives are downloaded from; ``{version}`` is replaced by e.g. ``3.8.0``.
+DEFAULT_CUTLASS_URL = "https://github.com/NVIDIA/cutlass/archive/refs/tags/v{version}.tar.gz"
+
+
+def cutlass_url_template() -> str:
+    """``JITKERNELS_CUTLASS_URL`` (a mirror, e.g. ``https://mirror.example/cutlass-{version}.tar.gz``)."""
+    return os.environ.get("JITKERNELS_CUTLASS_URL", "").strip() or DEFAULT_CUTLASS_URL

@@ -45,6 +45,10 @@ class BuildConfigError(JitKernelsError, ValueError):
     """A kernel's ``build.toml`` or ``metadata.json`` is invalid or refers to missing files."""
 
 
+class BuildInputError(JitKernelsError, RuntimeError):
+    """A declared build input (CUTLASS headers, ...) cannot be found, fetched safely or verified."""
+
+
 class UnsupportedKernelError(JitKernelsError, RuntimeError):
     """JitKernels inspected the kernel and cannot load it for this backend.
 

@@ -2,13 +2,15 @@
 
 :func:`decide` is a pure function of a parsed ``build.toml``, the target
 backend and the local toolchain versions, so it can be checked against every
-kernel of kernels-community without a network or a compiler.
+kernel of kernels-community without a network or a compiler. Which declared
+inputs are supported is asked of the registry in :mod:`jitkernels.inputs`
+(names only: nothing is looked up or downloaded).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from .buildconfig import BuildConfig
 
@@ -58,12 +60,29 @@ def _at_most(local: str, bound: str) -> bool:
     return loc + (0,) * (len(b) - len(loc)) <= b
 
 
+def _unknown_python_depends(config: BuildConfig, backend: str) -> Decision | None:
+    from . import inputs
+
+    unknown = inputs.unsupported(config.python_depends_for(backend), backend, inputs.PYTHON_DEPENDS)
+    if not unknown:
+        return None
+    return Decision(
+        UNSUPPORTED, UNSUPPORTED_DEPENDENCY,
+        f"Declares python-depends that upstream's dependency table does not know for {backend}: "
+        f"{', '.join(unknown)} (kernel-builder refuses them too).",
+        unsupported_dependencies=unknown,
+    )
+
+
 def decide(config: BuildConfig, backend: str, toolchain: Toolchain = Toolchain(), ignore_bounds: bool = False) -> Decision:
     """What a careful reader of ``build.toml`` concludes for ``backend`` on this toolchain."""
+    from . import inputs
+
     declared = ", ".join(config.backends) or "none"
     if config.is_noarch:
         if backend in config.backends:
-            return Decision(PYTHON, None, f"Python-only kernel ([torch-noarch]) for {declared}.")
+            return _unknown_python_depends(config, backend) or Decision(
+                PYTHON, None, f"Python-only kernel ([torch-noarch]) for {declared}.")
         return Decision(
             UNSUPPORTED, NO_BACKEND,
             f"Python-only kernel declared for backends {declared}, not {backend}.",
@@ -92,17 +111,21 @@ def decide(config: BuildConfig, backend: str, toolchain: Toolchain = Toolchain()
         return Decision(UNSUPPORTED, NO_BACKEND, f"No [kernel.*] section has backend = \"{backend}\"{extra}.")
 
     deps = tuple(sorted({d for k in sections for d in k.depends} | {"torch"}))
-    unsupported = tuple(sorted({d for k in sections for d in k.extra_depends}))
+    unsupported = inputs.unsupported(deps, backend)
     names = tuple(k.name for k in sections)
     stable = config.stable_abi_for(backend)
     if unsupported:
-        who = ", ".join(f"{k.name}: {'+'.join(k.extra_depends)}" for k in sections if k.extra_depends)
+        who = ", ".join(f"{k.name}: {'+'.join(d for d in k.depends if d in unsupported)}"
+                        for k in sections if set(k.depends) & set(unsupported))
         return Decision(
             UNSUPPORTED, UNSUPPORTED_DEPENDENCY,
             f"Needs build inputs JitKernels cannot resolve: {', '.join(unsupported)} ({who}). "
-            f"Only kernels that depend on torch alone are compiled.",
+            f"JitKernels resolves {inputs.supported_names(backend)}.",
             names, deps, unsupported, stable,
         )
+    python_problem = _unknown_python_depends(config, backend)
+    if python_problem is not None:
+        return python_problem
     if backend not in BUILDABLE_BACKENDS:
         return Decision(
             UNSUPPORTED, TOOLCHAIN,
@@ -119,7 +142,7 @@ def decide(config: BuildConfig, backend: str, toolchain: Toolchain = Toolchain()
     note = f" (skipped for the local CUDA {toolchain.cuda}: {', '.join(skipped)})" if skipped else ""
     return Decision(
         NATIVE_JIT, None,
-        f"Native {backend} kernel from source: {', '.join(names)}, depends only on torch{note}.",
+        f"Native {backend} kernel from source: {', '.join(names)}, depends on {', '.join(deps)}{note}.",
         names, deps, (), stable,
     )
 
@@ -166,6 +189,10 @@ class Inspection:
     stable_abi: str | None = None
     edition: int | None = None
     digest: str | None = None
+    #: ``org/name@v1`` / ``org/name@<revision>``: kernels loaded first (kernel-depends).
+    kernel_depends: tuple[str, ...] = ()
+    #: Every input and how it resolves (:class:`jitkernels.inputs.ResolvedInput`), for ``inspect``.
+    inputs: tuple = field(default=(), compare=False)
 
     @property
     def supported(self) -> bool:
@@ -173,6 +200,7 @@ class Inspection:
 
     def to_dict(self) -> dict:
         data = asdict(self)
+        data["inputs"] = [i.to_dict() if hasattr(i, "to_dict") else dict(i) for i in self.inputs]
         for key, value in data.items():
             if isinstance(value, tuple):
                 data[key] = list(value)

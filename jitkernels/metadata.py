@@ -6,6 +6,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from .buildconfig import check_kernel_dependency
 from .errors import BuildConfigError
 
 _OID_RE = re.compile(r"^[0-9a-fA-F]{40}$|^[0-9a-fA-F]{64}$")
@@ -20,6 +21,8 @@ class VariantMetadata:
     source_commit: str | None
     backend: str | None
     python_depends: tuple[str, ...]
+    #: ``kernel-depends``: validated ``{repo-id, version | revision}`` tables.
+    kernel_depends: tuple = ()
 
 
 def parse_metadata(text: str | bytes, origin: str = "metadata.json") -> VariantMetadata:
@@ -42,6 +45,10 @@ def parse_metadata(text: str | bytes, origin: str = "metadata.json") -> VariantM
     if source is not None and not isinstance(source, str):
         raise BuildConfigError(f"{origin}: 'source' must be a git URL string.")
     deps = data.get("python-depends") or []
+    kernel_deps = data.get("kernel-depends") or []
+    if not isinstance(kernel_deps, list):
+        raise BuildConfigError(f"{origin}: 'kernel-depends' must be a list of {{repo-id, version | revision}} objects.")
+    kernel_deps = tuple(check_kernel_dependency(item, origin) for item in kernel_deps)
     return VariantMetadata(
         id=data.get("id") if isinstance(data.get("id"), str) else None,
         name=data.get("name") if isinstance(data.get("name"), str) else None,
@@ -49,6 +56,7 @@ def parse_metadata(text: str | bytes, origin: str = "metadata.json") -> VariantM
         source_commit=commit.lower() if commit else None,
         backend=backend.get("type") if isinstance(backend, dict) else None,
         python_depends=tuple(d for d in deps if isinstance(d, str)),
+        kernel_depends=kernel_deps,
     )
 
 

@@ -10,8 +10,6 @@ network, no compiler.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -24,7 +22,6 @@ from .errors import (
     InvalidKernelNameError,
     KernelNotFoundError,
     LockfileError,
-    MissingPythonDependencyError,
     OfflineError,
     RevisionNotFoundError,
     UnsupportedKernelError,
@@ -37,17 +34,6 @@ from .warm import import_package, is_commit
 from .sources import LocalSnapshot, local_override
 
 _LOCK = threading.RLock()
-
-#: ``python-depends`` names (as in build.toml) -> (import name, pip name).
-PYTHON_DEPENDS = {
-    "einops": ("einops", "einops"),
-    "tvm-ffi": ("tvm_ffi", "apache-tvm-ffi"),
-    "nvidia-cutlass-dsl": ("cutlass", "nvidia-cutlass-dsl"),
-    "helion": ("helion", "helion"),
-    "onednn": ("onednn", "onednn"),
-    "nki": ("neuronxcc", "neuronx-cc"),
-}
-
 
 def revision_for(revision: str | None, version: int | None) -> str | None:
     """``version=N`` is the branch ``vN`` (upstream's convention); both at once is an error."""
@@ -187,7 +173,10 @@ def prepare_snapshot(snapshot: Snapshot, name: str, backend: str, index_ids=froz
             f"Cannot load kernel {inspection.repo_id} for {backend} ({inspection.reason}): {inspection.detail}",
             inspection,
         )
-    _check_python_depends(inspection)
+    from .inputs import kernels as kernel_depends, python_deps
+
+    python_deps.check(inspection)  # the exact pip install line; never installs
+    kernel_depends.load_first(inspection, backend)  # kernel-depends, pinned, through this pipeline
     if locked is not None:
         from .lockfile import file_hashes, verify
         from .prepare import fetch_inputs
@@ -335,19 +324,6 @@ def inspect_local_path(path, *, backend=None, name: str | None = None) -> Inspec
     backend = _backend(backend)
     inspection, source_plan = _plan(LocalSnapshot(ref, folder), name or folder.name, backend)
     return _complete(inspection, source_plan) if source_plan is not None else inspection
-
-
-def _check_python_depends(inspection: Inspection) -> None:
-    missing = []
-    for dep in inspection.python_depends:
-        module, pip_name = PYTHON_DEPENDS.get(dep, (dep.replace("-", "_"), dep))
-        if module not in sys.modules and importlib.util.find_spec(module) is None:
-            missing.append(pip_name)
-    if missing:
-        raise MissingPythonDependencyError(
-            f"Kernel {inspection.repo_id} needs Python packages that are not installed: {', '.join(missing)}. "
-            f"Install them with: pip install {' '.join(missing)}"
-        )
 
 
 def warmup_kernels(provider, names, *, revision=None, version=None, backend=None, progress=None) -> list[Inspection]:

@@ -128,20 +128,34 @@ def _read_build_toml(snapshot: Snapshot, root: str) -> BuildConfig:
     return parse_build_toml(data, origin=f"{snapshot.location}/{path}")
 
 
+def _inputs(depends, python_depends, kernel_depends, backend):
+    """How every declared input resolves, asked of the registry (:mod:`jitkernels.inputs`); nothing is fetched."""
+    from . import inputs
+
+    build_inputs = depends if backend in insp.BUILDABLE_BACKENDS else ()
+    return inputs.describe_all(build_inputs, python_depends, kernel_depends, backend)
+
+
 def _plan_source_tree(snapshot, root, base, backend, toolchain, ignore_bounds, kind):
+    from .inputs.kernels import as_strings
+
     config = _read_build_toml(snapshot, root)
     decision = insp.decide(config, backend, toolchain, ignore_bounds)
     base = dict(base, python_name=config.python_name)
     package = _prefix(root, f"torch-ext/{config.python_name}")
+    kernel_depends = as_strings(config.kernel_depends_for(backend))
+    python_depends = config.python_depends_for(backend)
     extra = dict(
         source=kind,
         source_location=f"{snapshot.location}" + (f" ({root})" if root else ""),
         dependencies=decision.dependencies,
         unsupported_dependencies=decision.unsupported_dependencies,
-        python_depends=config.python_depends_for(backend),
+        python_depends=python_depends,
         kernels=decision.kernels,
         stable_abi=decision.stable_abi,
         edition=config.edition,
+        kernel_depends=kernel_depends,
+        inputs=_inputs(decision.dependencies, python_depends, kernel_depends, backend),
     )
     inspection = insp.Inspection(**base, strategy=decision.strategy, reason=decision.reason,
                                  detail=decision.detail, **extra)
@@ -155,6 +169,11 @@ def _plan_source_tree(snapshot, root, base, backend, toolchain, ignore_bounds, k
     patterns = [_prefix(root, "build.toml"), f"{package}/**"]
     if decision.strategy == insp.NATIVE_JIT:
         patterns += _native_patterns(config, backend, root, decision.kernels)
+        from .native.spec import TARGET_INCLUDES
+
+        for folder in TARGET_INCLUDES:  # searched by every file, as kernel-builder does: fetched whole
+            if any(f.startswith(_prefix(root, folder) + "/") for f in snapshot.files):
+                patterns.append(_prefix(root, folder) + "/**")
         missing = _missing_inputs(snapshot, config, backend, root, decision.kernels)
         if missing:
             raise BuildConfigError(
@@ -225,14 +244,37 @@ def _plan_payload(snapshot, prefix, variant, base):
             )
         python_name = name
         package = f"{vroot}/{name}" if vroot else name
+    python_depends, kernel_depends = _payload_depends(snapshot, vroot)
+    strategy, reason, detail = insp.PYTHON, None, f"Python payload {vroot or snapshot.location} (no compiled code)."
+    from . import inputs
+    from .inputs.kernels import as_strings
+
+    unknown = inputs.unsupported(python_depends, backend, inputs.PYTHON_DEPENDS)
+    if unknown:
+        strategy, reason = insp.UNSUPPORTED, insp.UNSUPPORTED_DEPENDENCY
+        detail = (f"Its metadata.json declares python-depends that upstream's dependency table does not know "
+                  f"for {backend}: {', '.join(unknown)}.")
+    kernel_depends = as_strings(kernel_depends)
     inspection = insp.Inspection(
         **dict(base, python_name=python_name),
-        strategy=insp.PYTHON, reason=None,
-        detail=f"Python payload {vroot or snapshot.location} (no compiled code).",
+        strategy=strategy, reason=reason, detail=detail,
         source="noarch-payload", source_location=f"{snapshot.location}/{vroot}" if vroot else snapshot.location,
+        python_depends=python_depends, unsupported_dependencies=unknown, kernel_depends=kernel_depends,
+        inputs=_inputs((), python_depends, kernel_depends, backend),
     )
+    if strategy == insp.UNSUPPORTED:
+        return inspection, None
     patterns = (f"{vroot}/**",) if vroot else ("**",)
     return inspection, SourcePlan(snapshot, vroot, patterns, package, None, "noarch-payload")
+
+
+def _payload_depends(snapshot, vroot: str) -> tuple[tuple[str, ...], tuple]:
+    """``python-depends`` and ``kernel-depends`` of a payload's ``metadata.json`` (a small file), if it has one."""
+    path = f"{vroot}/metadata.json" if vroot else "metadata.json"
+    if path not in snapshot.files:
+        return (), ()
+    meta = parse_metadata(snapshot.fetch_one(path).read_bytes(), origin=f"{snapshot.location}/{path}")
+    return meta.python_depends, meta.kernel_depends
 
 
 def _plan_from_metadata(snapshot, prefix, arch, base, backend, toolchain, ignore_bounds):

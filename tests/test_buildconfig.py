@@ -94,7 +94,52 @@ def test_pre_edition_string_stable_abi_and_cuda_bounds():
     assert c.edition is None and c.stable_abi_for("cuda") == "2.9"
     assert (c.cuda_minver, c.cuda_maxver) == ("12.6", "13.0")
     d = decide(c, "cuda", Toolchain(torch="2.13.0", cuda="13.0"))
-    assert (d.reason, d.unsupported_dependencies) == ("unsupported-dependency", ("cutlass_4_0",))
+    assert (d.strategy, d.dependencies) == ("native-jit", ("cutlass_4_0", "torch"))
+    assert "depends on cutlass_4_0, torch" in d.detail
+
+
+def test_build_inputs_no_resolver_handles_are_unsupported_dependencies_naming_them():
+    tc = Toolchain(torch="2.13.0", cuda="13.0")
+    for dep in ("sycl_tla", "cutlass_3_7", "cutlass_9_9"):  # cutlass_3_7: kernel-builder pins no such release
+        c = parse_build_toml(FLASH_ATTN3_LIKE.replace('"cutlass_4_0"', f'"{dep}"'))
+        d = decide(c, "cuda", tc)
+        assert (d.strategy, d.reason, d.unsupported_dependencies) == ("unsupported", "unsupported-dependency", (dep,))
+        assert f"flash_attn: {dep}" in d.detail and "cutlass_3_8" in d.detail  # names it, and what is supported
+
+
+def test_python_depends_follow_upstreams_table_per_backend():
+    tc = Toolchain(torch="2.13.0", cuda="13.0")
+    text = NOARCH.replace('backends = ["cpu", "cuda"]', 'backends = ["cpu", "cuda"]\npython-depends = ["einops"]\n'
+                          '[general.cuda]\npython-depends = ["nvidia-cutlass-dsl"]')
+    c = parse_build_toml(text)
+    assert c.python_depends_for("cuda") == ("einops", "nvidia-cutlass-dsl")
+    assert decide(c, "cuda", tc).strategy == "python"
+    unknown = decide(parse_build_toml(text.replace('"einops"', '"left-pad"')), "cpu", tc)
+    assert (unknown.reason, unknown.unsupported_dependencies) == ("unsupported-dependency", ("left-pad",))
+    # a backend-only name is unknown for other backends, as in upstream's table
+    xpu_only = parse_build_toml(text.replace('"einops"', '"onednn"'))
+    assert decide(xpu_only, "cpu", tc).unsupported_dependencies == ("onednn",)
+
+
+def test_kernel_depends_are_read_as_upstream_writes_them():
+    text = NOARCH.replace('backends = ["cpu", "cuda"]', 'backends = ["cpu", "cuda"]\n'
+                          'kernel-depends = [{ repo-id = "kernels-community/activation", version = 1 }]\n'
+                          '[general.cuda]\nkernel-depends = [{ repo-id = "org/helper", revision = "main" }]')
+    c = parse_build_toml(text)
+    assert c.kernel_depends_for("cpu") == ({"repo-id": "kernels-community/activation", "version": 1},)
+    assert c.kernel_depends_for("cuda")[1] == {"repo-id": "org/helper", "revision": "main"}
+    for bad, what in [
+        ('{ repo-id = "a/b" }', "exactly one of"),
+        ('{ repo-id = "a/b", version = 1, revision = "x" }', "exactly one of"),
+        ('{ repo-id = "a/b", version = 1, branch = "x" }', "unknown key"),
+        ('{ repo-id = "../b", version = 1 }', "org/name"),
+        ('{ repo-id = "a/b", version = -1 }', "non-negative"),
+        ('{ repo-id = "a/b", revision = "../x" }', "branch, tag or commit"),
+        ('"a/b"', "tables"),
+    ]:
+        broken = NOARCH.replace('backends = ["cpu", "cuda"]', f'backends = ["cpu"]\nkernel-depends = [{bad}]')
+        with pytest.raises(BuildConfigError, match=what):
+            parse_build_toml(broken)
 
 
 def test_cuda_bounds_give_toolchain_with_both_versions():

@@ -113,10 +113,10 @@ def test_binary_only_repo_is_missing_source_and_no_binary_is_fetched(online):
     assert not [p for p in online.downloaded() if p.endswith(".so")]
 
 
-def test_cutlass_kernel_is_unsupported_dependency(online):
-    i = jitkernels.inspect("hf", "kernels-test/cutlass-gemm", revision="main", backend="cuda")
+def test_unresolvable_build_input_is_unsupported_dependency(online):
+    i = jitkernels.inspect("hf", "kernels-test/cutlass-gemm", revision="main", backend="xpu")
     assert (i.strategy, i.reason) == ("unsupported", "unsupported-dependency")
-    assert i.unsupported_dependencies == ("cutlass_3_6",) and "cutlass_3_6" in i.dependencies
+    assert i.unsupported_dependencies == ("sycl_tla",) and "sycl_tla" in i.dependencies
     assert online.downloaded() == ["build.toml"]  # the sources are never fetched
     no_backend = jitkernels.inspect("hf", "kernels-test/cutlass-gemm", revision="main", backend="cpu")
     assert (no_backend.strategy, no_backend.reason) == ("unsupported", "no-backend")

@@ -11,7 +11,7 @@ import torch
 import jitkernels
 from jitkernels import environment
 
-from conftest import EXAMPLES
+from conftest import EXAMPLES, FIXTURES
 
 pytestmark = [
     pytest.mark.cuda_build,
@@ -68,3 +68,39 @@ def test_build_command_compiles_for_an_arch_without_a_gpu_and_a_machine_of_that_
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     assert f"LOADED {name} True" in out.stdout
+
+
+def test_cutlass_kernel_compiles_for_sm90_with_headers_from_a_served_release_archive(monkeypatch):
+    """The full pipeline for a CUTLASS kernel laid out as punica-sgmv: CUTLASS 3.8.0's real headers (those of
+    the nvidia-cutlass 3.8.0 wheel, packed as NVIDIA's tag archive and served on 127.0.0.1) are downloaded,
+    checked against the real pinned git tree ids, cached, and compile and link the kernel for sm_90."""
+    from cutlass_archives import ArchiveServer, release_archive
+
+    from jitkernels.inputs import cutlass
+
+    root, _ = cutlass._wheel_root("3.8.0")
+    if root is None:
+        pytest.skip("needs the nvidia-cutlass 3.8.0 wheel's headers (pip install --no-deps nvidia-cutlass==3.8.0)")
+    monkeypatch.setattr(cutlass, "_wheel_root", lambda version: (None, ""))  # so the download path runs
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
+    monkeypatch.setenv("JITKERNELS_VERBOSE", "1")
+    kernel = FIXTURES / "cutlass-gemm"
+    with ArchiveServer({"/v3.8.0.tar.gz": release_archive(root, "3.8.0")}) as server:
+        monkeypatch.setenv("JITKERNELS_CUTLASS_URL", server.url + "/v{version}.tar.gz")
+        i = jitkernels.inspect_local(kernel, backend="cuda")
+        assert (i.strategy, i.kernels) == ("native-jit", ("gemm", "scale_sm80", "gemm_ops"))
+        assert [(x.name, x.origin, x.status) for x in i.inputs][0] == ("cutlass_3_8", "download", "to-download")
+        k = jitkernels.load_local(kernel, backend="cuda")
+    assert server.requests == ["/v3.8.0.tar.gz"]
+    assert k.__name__ == i.expected_extension_name
+    ops = getattr(torch.ops, k.__name__)
+    for op in (ops.gemm, ops.scale_sm80):  # the sm80-only part linked too: the library loaded
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(op.default.name(), "CUDA")
+    folder = cutlass.cache_folder("3.8.0")
+    log = (jitkernels.config.cache_dir() / "logs" / f"{k.__name__}.log").read_text()
+    nvcc = {unit: line for line in log.splitlines() for unit in ("gemm_cutlass.cu", "scale.cu")
+            if "nvcc" in line and f"/{unit} -o " in line}
+    assert f"-isystem {folder}/include -isystem {folder}/tools/util/include" in nvcc["gemm_cutlass.cu"]
+    assert "arch=compute_90,code=sm_90" in nvcc["gemm_cutlass.cu"]
+    # the section for other GPUs: PTX only, for its own capability, never SASS for sm_80
+    assert "arch=compute_80,code=compute_80" in nvcc["scale.cu"] and "code=sm_80" not in nvcc["scale.cu"]

@@ -234,6 +234,7 @@ def write_ninja(spec: BuildSpec, src: Path, gen: Path, obj: Path, library: Path,
         obj_path = obj / object_name(unit.path)
         objects.append(obj_path)
         includes = [f"-I{src / inc}" for inc in unit.includes if inc] + [f"-I{src}", f"-I{gen}"]
+        includes += [flag for folder in spec.include_dirs for flag in ("-isystem", folder)]  # CUTLASS...
         common = spec.cuda_flags if unit.language == "cuda" else spec.cxx_flags
         flags = _merge_std(common, unit.flags) + includes
         lines += [

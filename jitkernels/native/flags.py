@@ -86,6 +86,17 @@ def gencode(archs: list[str]) -> list[str]:
     return flags
 
 
+def ptx_only(archs: list[str]) -> list[str]:
+    """``10.0a`` -> ``-gencode arch=compute_100a,code=compute_100a``: PTX only (no ptxas, no SASS)."""
+    flags = []
+    for arch in archs:
+        match = re.match(r"^(\d+)\.(\d+)([af]?)$", arch.replace("+PTX", ""))
+        if match:
+            num = f"{match.group(1)}{match.group(2)}{match.group(3)}"
+            flags += ["-gencode", f"arch=compute_{num},code=compute_{num}"]
+    return flags
+
+
 def _arch_key(arch: str) -> tuple[int, int, str]:
     match = re.match(r"^(\d+)\.(\d+)([af]?)", arch)
     return (int(match.group(1)), int(match.group(2)), match.group(3)) if match else (0, 0, "")
