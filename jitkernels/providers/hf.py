@@ -86,6 +86,11 @@ class HfSnapshot(Snapshot):
             raise FetchError(f"Downloading {patterns} from {self.location} failed: {exc}") from exc
         root = Path(folder)
         missing = [f for f in self.match(patterns) if not (root / f).exists()]
+        if missing and self.offline:  # huggingface_hub 1.x returns a cached snapshot folder without them
+            raise OfflineError(
+                f"Offline: files {missing[:5]} of {self.location} are not in the Hugging Face cache. "
+                f"Load the kernel once with network access (or `jitkernels warmup`), then retry."
+            )
         if missing:
             raise FetchError(f"Downloading from {self.location}: {missing[:5]} did not arrive. Retry the load.")
         return root
