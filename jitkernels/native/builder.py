@@ -30,7 +30,6 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -270,43 +269,39 @@ def _ninja() -> str:
         raise ToolchainError("Building native kernels needs ninja: pip install ninja") from exc
 
 
-class _Progress:
-    """A one-line progress display on a TTY; a log line per finished unit otherwise."""
-
-    def __init__(self, spec: BuildSpec):
-        self.spec = spec
-        self.start = time.monotonic()
-        self.tty = sys.stderr.isatty()
-        self.last_log = 0.0
-
-    def update(self, done: int, total: int, what: str) -> None:
-        elapsed = time.monotonic() - self.start
-        text = f"jitkernels: building {self.spec.extension_name} [{done}/{total}] {elapsed:5.1f}s {what}"
-        if self.tty:
-            sys.stderr.write("\r\033[K" + text[: shutil.get_terminal_size((100, 20)).columns - 1])
-            sys.stderr.flush()
-        else:
-            logger.info(text)
-
-    def finish(self, ok: bool) -> None:
-        elapsed = time.monotonic() - self.start
-        if self.tty:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
-        message = f"jitkernels: {'built' if ok else 'FAILED building'} {self.spec.extension_name} in {elapsed:.1f}s"
-        (logger.info if ok else logger.error)(message)
+def _failed_unit(spec: BuildSpec, lines: list[str]) -> str | None:
+    """The source (or link step) of the first edge ninja reports as ``FAILED:``, from its target and command."""
+    for index, line in enumerate(lines):
+        if not line.startswith("FAILED: "):
+            continue
+        text = " ".join(lines[index:index + 2])
+        matches = [unit.path for unit in spec.units if f"/{unit.path}" in text]
+        if matches:
+            return max(matches, key=len)
+        if spec.extension_name in line:
+            return "the link step"
+        return line[len("FAILED: "):].strip()
+    return None
 
 
 def run_ninja(spec: BuildSpec, obj: Path, log_path: Path) -> None:
+    """Run the build, showing N/M units, elapsed time and an estimate (see :mod:`jitkernels.progress`).
+
+    The full output goes to ``log_path``, which is kept; a failure names the unit that failed.
+    """
+    from .. import progress
+
     cache.ensure_dir(log_path.parent)
     cmd = [_ninja(), "-C", str(obj), "-j", str(config.max_jobs())]
     if config.verbose():
         cmd.append("-v")
     env = dict(os.environ, NINJA_STATUS="[%f/%t] ")
-    logger.info("jitkernels: compiling %s", spec.describe())
-    progress = _Progress(spec)
+    logger.debug("jitkernels: compiling %s", spec.describe())
     tail: list[str] = []
-    with open(log_path, "w") as log:
+    failed: list[str] = []
+    units = len(spec.units) + 1  # the link step counts as one
+    with progress.task(f"jitkernels: building {spec.extension_name}", total=units, unit="unit",
+                       eta_after=min(3, units)) as shown, open(log_path, "w") as log:
         log.write(f"# {spec.describe()}\n# {' '.join(cmd)}\n")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         assert proc.stdout is not None
@@ -314,6 +309,8 @@ def run_ninja(spec: BuildSpec, obj: Path, log_path: Path) -> None:
             log.write(line)
             tail.append(line.rstrip("\n"))
             del tail[:-60]
+            if line.startswith("FAILED: ") or (failed and len(failed) < 2):
+                failed.append(line.rstrip("\n"))
             if config.verbose():
                 sys.stderr.write(line)
             if line.startswith("[") and "/" in line.split("]", 1)[0]:
@@ -322,15 +319,29 @@ def run_ninja(spec: BuildSpec, obj: Path, log_path: Path) -> None:
                     done, total = (int(x) for x in counter[1:].split("/"))
                 except ValueError:
                     continue
-                progress.update(done, total, what.strip()[:80])
+                shown.set(done, total=total, detail=_short(what.strip()))
         code = proc.wait()
-    progress.finish(code == 0)
+        unit = _failed_unit(spec, failed) if code != 0 else None
+        if code != 0:
+            shown.finish(ok=False, summary=f"FAILED in {unit or 'an unknown step'}; log: {log_path}")
     if code != 0:
         errors = [line for line in tail if not line.startswith("[")]
+        where = f" in {unit}" if unit else ""
         raise BuildError(
-            f"Compiling {spec.kernel} for {spec.backend} failed (ninja exit {code}). "
+            f"Compiling {spec.kernel} for {spec.backend} failed{where} (ninja exit {code}). "
             f"Last compiler output:\n" + "\n".join(errors[-30:]) +
             f"\nFull log: {log_path}. Nothing was published to the cache; fix the source or toolchain and retry "
             f"(JITKERNELS_VERBOSE=1 shows every compiler command).",
             log_path=log_path,
         )
+
+
+def _short(what: str) -> str:
+    """``CXX /long/staging/path/src/relu_cpu/relu.cpp`` -> ``CXX relu_cpu/relu.cpp``."""
+    verb, _, path = what.partition(" ")
+    marker = "/src/"
+    if marker in path:
+        path = path.split(marker, 1)[1]
+    elif path:
+        path = Path(path).name
+    return f"{verb} {path}".strip()[:80]

@@ -68,15 +68,21 @@ class HfSnapshot(Snapshot):
         import huggingface_hub
         from huggingface_hub import errors as hf_errors
 
+        from .. import progress
+
         try:
-            folder = huggingface_hub.snapshot_download(
-                self.ref.repo_id,
-                repo_type=self.repo_type,
-                revision=self.commit,
-                allow_patterns=patterns,
-                local_files_only=self.offline,
-                etag_timeout=config.network_timeout(),
-            )
+            # Shown only if it takes more than a second (see jitkernels.progress); replaces huggingface_hub's bars.
+            with progress.task(f"jitkernels: fetching {self.location}", total=len(self.match(patterns)),
+                               unit="file", eta_after=None, delay=1.0) as shown:
+                folder = huggingface_hub.snapshot_download(
+                    self.ref.repo_id,
+                    repo_type=self.repo_type,
+                    revision=self.commit,
+                    allow_patterns=patterns,
+                    local_files_only=self.offline,
+                    etag_timeout=config.network_timeout(),
+                    tqdm_class=progress.hub_tqdm_class(shown),
+                )
         except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled) as exc:
             raise OfflineError(
                 f"Offline: files {patterns} of {self.location} are not in the Hugging Face cache. "
