@@ -81,6 +81,7 @@ class HfSnapshot(Snapshot):
                     allow_patterns=patterns,
                     local_files_only=self.offline,
                     etag_timeout=config.network_timeout(),
+                    cache_dir=config.kernels_hub_cache(),  # upstream's KERNELS_CACHE, else huggingface_hub's
                     tqdm_class=progress.hub_tqdm_class(shown),
                 )
         except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled) as exc:
@@ -283,7 +284,8 @@ class HfKernelsProvider(Provider):
         from huggingface_hub.file_download import repo_folder_name
 
         for repo_type in self._repo_type_order(ref):
-            folder = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=ref.repo_id, repo_type=repo_type)
+            hub_cache = config.kernels_hub_cache() or constants.HF_HUB_CACHE
+            folder = Path(hub_cache) / repo_folder_name(repo_id=ref.repo_id, repo_type=repo_type)
             commit = revision if is_commit(revision) else None
             if commit is None:
                 commit = self.last_resolved(ref, revision)
