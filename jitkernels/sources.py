@@ -129,6 +129,7 @@ def fetch_git_commit(ref: KernelRef, url: str, commit: str) -> LocalSnapshot:
             f"Offline: the source of {ref.repo_id} ({url} at {commit[:12]}) was never fetched. "
             f"Load it once with network access, then retry."
         )
+
     def fill(out: Path, _work) -> dict:
         from . import progress
 
