@@ -164,20 +164,25 @@ def toolchain_paths(spec: BuildSpec) -> dict:
         raise ToolchainError(f"{spec.kernel}: torch.utils.cpp_extension is unusable here: {exc}") from exc
 
     device = "cuda" if spec.backend == "cuda" else "cpu"
-    includes = list(cpp_extension.include_paths(device))
-    python_include = sysconfig.get_path("include", scheme="posix_prefix")
-    if python_include:
-        includes.append(python_include)
-    libs = [f"-L{path}" for path in cpp_extension.library_paths(device)]
-    libs += ["-lc10", "-ltorch_cpu", "-ltorch"]
-    nvcc = None
-    if spec.backend == "cuda":
+    home = None
+    if spec.backend == "cuda":  # checked first: cpp_extension's CUDA paths raise a bare OSError without it
         home = environment.cuda_home() or cpp_extension.CUDA_HOME
         if not home or not os.path.exists(os.path.join(home, "bin", "nvcc")):
             raise ToolchainError(
                 f"{spec.kernel}: building a CUDA kernel needs nvcc; none found "
                 f"(CUDA_HOME={home!r}). Install the CUDA toolkit or set CUDA_HOME."
             )
+    try:
+        includes = list(cpp_extension.include_paths(device))
+        libs = [f"-L{path}" for path in cpp_extension.library_paths(device)]
+    except OSError as exc:  # a toolchain problem, not a cache problem
+        raise ToolchainError(f"{spec.kernel}: torch.utils.cpp_extension cannot find the {device} toolchain: {exc}") from exc
+    python_include = sysconfig.get_path("include", scheme="posix_prefix")
+    if python_include:
+        includes.append(python_include)
+    libs += ["-lc10", "-ltorch_cpu", "-ltorch"]
+    nvcc = None
+    if spec.backend == "cuda":
         nvcc = os.path.join(home, "bin", "nvcc")
         includes.append(os.path.join(home, "include"))
         libs += ["-lc10_cuda", "-ltorch_cuda", f"-L{os.path.join(home, 'lib64')}", "-lcudart"]
