@@ -206,3 +206,23 @@ def test_doctor_name_says_what_would_happen_and_why(online, capsys):
     assert main(["doctor", "kernels-community/no-such-kernel", "--revision", "main", "--json"]) == 1
     k = _json(capsys)["kernel"]
     assert k["would"] == "fail" and k["error"]["type"] == "KernelNotFoundError"
+
+
+def test_doctor_reads_gpus_from_the_memo_without_detecting(monkeypatch):
+    from jitkernels import cache, doctor, environment, warm
+
+    def no_detection():
+        raise AssertionError("doctor asked the GPUs although the per-boot memo knows them")
+
+    monkeypatch.setattr(warm, "static_backend", lambda torch: None)  # as a CUDA build of torch
+    monkeypatch.setattr(environment, "_detect_gpus", no_detection)
+    cache.write_json(warm.machine_memo_file(), {"backend": "cuda", "archs": ["9.0"]})
+    gpus = doctor.gpus()
+    assert gpus["backend"] == "cuda" and gpus["archs"] == ["9.0"] and gpus["source"].startswith("per-boot memo")
+
+
+def test_demo_json_prints_only_the_verdict_on_stdout():
+    out = _cli("demo", "--no-native", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout) == {"passed": True}
+    assert "rms_norm max error vs PyTorch" in out.stderr

@@ -192,3 +192,56 @@ def test_native_build_outside_a_terminal_prints_progress_lines(tmp_path):
     assert all(re.search(r": [0-3]/3 units \[\d\d:\d\d elapsed", l) for l in lines)
     assert re.fullmatch(rf"jitkernels: building {name}: 3/3 units \[\d\d:\d\d elapsed\]", lines[-1])
     assert "\r" not in out.stderr and "\x1b[" not in out.stderr  # plain lines, no terminal control
+
+
+# -- terminals and notebooks -----------------------------------------------------------------------------
+
+_BAR = ("from jitkernels import progress\n"
+        "with progress.task('jitkernels: building k', total=4, unit='unit', eta_after=2) as t:\n"
+        "    for i in range(1, 5):\n"
+        "        t.set(i, detail=f'CXX u{i}.cpp')\n")
+
+
+def test_a_terminal_gets_a_tqdm_bar():
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-c", _BAR], stderr=slave, stdout=subprocess.PIPE,
+                            env=child_env(JITKERNELS_PROGRESS_INTERVAL="0.1"))
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=60)
+    os.close(master)
+    shown = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0
+    assert "\r" in shown and "jitkernels: building k: 100%|" in shown and "4/4 units" in shown
+    assert "jitkernels.progress" not in shown and "\njitkernels: building k: 0/4 units [" not in shown  # no log lines
+
+
+def test_a_notebook_gets_a_tqdm_display(monkeypatch, capsys, log_mode):
+    import types
+
+    class ZMQInteractiveShell:  # what Jupyter's kernel runs
+        pass
+
+    fake = types.ModuleType("IPython")
+    fake.get_ipython = lambda: ZMQInteractiveShell()
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    assert progress.display_mode() == "notebook"
+    with progress.task("jitkernels: building k", total=2, unit="unit") as shown:
+        shown.set(2)
+    err = capsys.readouterr().err
+    assert "jitkernels: building k: 100%|" in err and "2/2 units" in err  # tqdm (no ipywidgets here: its text bar)
