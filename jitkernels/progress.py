@@ -293,6 +293,10 @@ class Task:
 
     def _tick(self) -> None:
         period = 1.0 if self.mode in ("tty", "notebook") else interval()
+        if self.delay and not self._stop.wait(self.delay):  # show delayed work as soon as it is due
+            with self._lock:
+                if self.outcome is None:
+                    self._refresh()
         while not self._stop.wait(period):
             with self._lock:
                 if self.outcome is None:
