@@ -163,6 +163,9 @@ def cache_facts() -> dict:
         "entries": sum(1 for p in entries.iterdir() if p.is_dir()) if entries.is_dir() else 0,
         "hub_downloads": str(hub_cache) if hub_cache else None,
         "build_disabled": config.disable_build(),
+        "remote": config.remote_cache_url(),
+        "remote_mode": config.remote_cache_mode() if config.remote_cache_url() else None,
+        "compiler_cache": config.compiler_cache(),
     }
 
 
