@@ -192,6 +192,9 @@ def test_native_build_outside_a_terminal_prints_progress_lines(tmp_path):
     assert all(re.search(r": [0-3]/3 units \[\d\d:\d\d elapsed", l) for l in lines)
     assert re.fullmatch(rf"jitkernels: building {name}: 3/3 units \[\d\d:\d\d elapsed\]", lines[-1])
     assert "\r" not in out.stderr and "\x1b[" not in out.stderr  # plain lines, no terminal control
+    events = [l for l in out.stderr.splitlines() if l.startswith(("jitkernels: compiling", "jitkernels: built"))]
+    assert len(events) == 2 and events[0].startswith("jitkernels: compiling local/scaled-add (cpu")
+    assert re.fullmatch(rf"jitkernels: built {name} in \d+\.\ds", events[1])
 
 
 # -- terminals and notebooks -----------------------------------------------------------------------------

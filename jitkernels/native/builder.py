@@ -295,13 +295,15 @@ def run_ninja(spec: BuildSpec, obj: Path, log_path: Path) -> None:
     The full output goes to ``log_path``, which is kept; a failure names the unit that failed.
     """
     from .. import progress
+    from ..log import setup
 
+    setup()  # the compiling/built events below reach stderr when the application configured no logging
     cache.ensure_dir(log_path.parent)
     cmd = [_ninja(), "-C", str(obj), "-j", str(config.max_jobs())]
     if config.verbose():
         cmd.append("-v")
     env = dict(os.environ, NINJA_STATUS="[%f/%t] ")
-    logger.debug("jitkernels: compiling %s", spec.describe())
+    logger.info("jitkernels: compiling %s", spec.describe())  # the start and end events stay log lines
     tail: list[str] = []
     failed: list[str] = []
     units = len(spec.units) + 1  # the link step counts as one
@@ -329,7 +331,10 @@ def run_ninja(spec: BuildSpec, obj: Path, log_path: Path) -> None:
         unit = _failed_unit(spec, failed) if code != 0 else None
         if code != 0:
             shown.finish(ok=False, summary=f"FAILED in {unit or 'an unknown step'}; log: {log_path}")
-    if code != 0:
+    if code == 0:
+        logger.info("jitkernels: built %s in %.1fs", spec.extension_name, shown.elapsed())
+    else:
+        logger.error("jitkernels: FAILED building %s in %.1fs", spec.extension_name, shown.elapsed())
         errors = [line for line in tail if not line.startswith("[")]
         where = f" in {unit}" if unit else ""
         raise BuildError(
