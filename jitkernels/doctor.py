@@ -117,7 +117,9 @@ def gpus() -> dict:
     from . import environment, warm
 
     memo = warm.machine_memo()
-    if memo is not None:
+    if memo is not None and warm.static_backend(warm._torch()) is not None:
+        facts, source = memo, "this torch build has no GPU support"
+    elif memo is not None:
         facts, source = memo, "per-boot memo (CUDA not initialised)"
     else:
         facts, source = environment.gpu_facts(), "detected now (memo written)"
