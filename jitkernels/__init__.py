@@ -153,16 +153,17 @@ def warmup(provider, names, *, revision: str | None = None, version: int | None 
 __all__ += ["patch", "unpatch", "pin"]
 
 
-def patch(provider="hf_kernels"):
+def patch(provider="hf_kernels", *, fallback: str | None = None):
     """Redirect the upstream ``kernels`` package (``get_kernel``, ``kernelize``...) to JitKernels.
 
     Idempotent and thread safe; works before or after ``import kernels``;
     usable as ``with jitkernels.patch(): ...`` and ``@jitkernels.patch()``.
-    See :mod:`jitkernels.patching`.
+    ``fallback="upstream"`` (or ``JITKERNELS_FALLBACK=upstream``) hands kernels
+    JitKernels cannot build to upstream's binary loader. See :mod:`jitkernels.patching`.
     """
     from .patching import patch as _patch
 
-    return _patch(provider)
+    return _patch(provider, fallback=fallback)
 
 
 def unpatch() -> None:

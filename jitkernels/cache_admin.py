@@ -164,7 +164,8 @@ def when(stamp: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp)) if stamp else "-"
 
 
-def print_table(infos: list[EntryInfo], out=sys.stdout) -> None:
+def print_table(infos: list[EntryInfo], out=None) -> None:
+    out = out if out is not None else sys.stdout  # looked up now: stdout may have been replaced since import
     rows = [["entry", "kernel", "revision", "backend", "kind", "archs", "abi", "size", "last use"]]
     for e in infos:
         rows.append([e.name, e.kernel or "-", (e.revision or "-")[:12], e.backend or "-", e.kind,

@@ -1,13 +1,20 @@
-"""The ``jitkernels`` command: ``inspect``, ``warmup``, ``build``, ``export``, ``lock``, ``verify``, ``demo``,
-``cache [list|info|prune|clear]``.
+"""The ``jitkernels`` command: ``inspect``, ``warmup``, ``build``, ``export``, ``lock``, ``verify``, ``doctor``,
+``demo``, ``cache [list|info|prune|clear]``.
 
-Exit status 0 on success; 1 with one clear ``error:`` line on a JitKernels
-error; 2 for bad usage.
+Every command takes ``--json``: its result is then one JSON document on
+stdout, and an error is a JSON object too (``{"error": {"type", "message",
+...}}``, also for usage errors). Exit status: 0 on success; 1 on a
+JitKernels error (or, for ``warmup``/``verify``/``doctor NAME``, when
+something failed); 2 for bad usage; 130 when interrupted.
+
+Each command is one ``_add_<name>`` function (its arguments) next to its
+``cmd_<name>`` function (what it does).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -21,12 +28,42 @@ _FIELDS = [
 ]
 
 
+# -- shared --------------------------------------------------------------------------------------
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON document (errors too)")
+
+
 def _add_target_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--provider", default="hf_kernels", help="kernel provider (hf_kernels, hf, hf-kernels)")
     parser.add_argument("--backend", default=None, help="plan for this backend (cpu, cuda...); default: this machine's")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--revision", default=None, help="branch, tag or commit")
     group.add_argument("--version", type=int, default=None, help="newest commit of branch vN")
+
+
+def _print_json(payload) -> None:
+    print(json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+def _say(text: str) -> None:
+    """A human line about progress or outcome: stderr, so stdout stays the command's result."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def _usage_error(args, message: str) -> int:
+    """A usage problem found after parsing: exit status 2, as a JSON object with ``--json``."""
+    if getattr(args, "json", False):
+        _print_json({"error": {"type": "UsageError", "message": message, "exit_code": 2}})
+    else:
+        print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _error_payload(exc: BaseException, code: int) -> dict:
+    from .bulk_warmup import error_record
+
+    return {"error": {**error_record(exc), "exit_code": code}}
 
 
 def _table(inspection) -> str:
@@ -55,6 +92,17 @@ def _input_lines(inputs: list[dict], width: int) -> list[str]:
     return lines or [f"{'inputs':<{width}}  -"]
 
 
+# -- inspect ---------------------------------------------------------------------------------------
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="show what JitKernels would do with kernels (no binary download, no build)")
+    p.add_argument("names", nargs="+", help="kernel names: 'activation', 'org/name' (or folders with --local)")
+    _add_target_args(p)
+    _add_json(p)
+    p.add_argument("--local", action="store_true", help="the names are local kernel folders")
+    p.set_defaults(func=cmd_inspect)
+
+
 def cmd_inspect(args) -> int:
     import jitkernels
 
@@ -67,68 +115,67 @@ def cmd_inspect(args) -> int:
                                               version=args.version, backend=args.backend))
     if args.json:
         payload = [r.to_dict() for r in results]
-        print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2, sort_keys=True))
+        _print_json(payload[0] if len(payload) == 1 else payload)
     else:
         print("\n\n".join(_table(r) for r in results))
     return 0
 
 
+# -- warmup ----------------------------------------------------------------------------------------
+
+def _add_warmup(sub) -> None:
+    p = sub.add_parser("warmup", help="fetch and prepare (compile) kernels ahead of use, several at once")
+    p.add_argument("names", nargs="*", help="kernel names (or none, with --from)")
+    p.add_argument("--from", dest="from_file", default=None, metavar="FILE",
+                   help="kernels.lock (upstream), jitkernels.lock, or a list: one `name[@revision]` per line")
+    p.add_argument("-j", "--jobs", type=int, default=None,
+                   help="kernels prepared at once (default: up to 4); each build also uses MAX_JOBS compilers")
+    _add_target_args(p)
+    _add_json(p)
+    p.set_defaults(func=cmd_warmup)
+
+
 def cmd_warmup(args) -> int:
-    from .pipeline import load_kernel
+    from . import bulk_warmup
+    from .errors import InvalidKernelNameError
 
-    failures = 0
-    total = len(args.names)
-    for index, name in enumerate(args.names, 1):
-        start = time.monotonic()
-        print(f"[{index}/{total}] {name}: preparing ...", file=sys.stderr, flush=True)
-        try:
-            module = load_kernel(args.provider, name, revision=args.revision, version=args.version,
-                                 backend=args.backend)
-        except JitKernelsError as exc:
-            failures += 1
-            print(f"[{index}/{total}] {name}: FAILED: {exc}", file=sys.stderr, flush=True)
-            continue
-        print(f"[{index}/{total}] {name}: ready in {time.monotonic() - start:.1f}s ({module.__name__})",
-              file=sys.stderr, flush=True)
-    if failures:
-        print(f"error: {failures} of {total} kernels failed to warm up", file=sys.stderr)
-        return 1
-    return 0
-
-
-def cmd_lock(args) -> int:
-    from .lockfile import write_lock
-    from .pipeline import lock_entry
-
-    entries = []
-    for index, name in enumerate(args.names, 1):
-        entry = lock_entry(args.provider, name, revision=args.revision, version=args.version, backend=args.backend)
-        print(f"[{index}/{len(args.names)}] {entry['dependency']['repo-id']}: {entry['lock']['commit'][:12]}, "
-              f"{len(entry['jitkernels']['files'])} files", file=sys.stderr)
-        entries.append(entry)
-    write_lock(args.output, entries)
-    print(f"wrote {args.output}", file=sys.stderr)
-    return 0
+    targets = [bulk_warmup.Target(n, revision=args.revision, version=args.version, backend=args.backend)
+               for n in args.names]
+    if args.from_file:
+        targets += bulk_warmup.read_targets(args.from_file, backend=args.backend)
+    if not targets:
+        raise InvalidKernelNameError("warmup: name kernels, or give a file with --from.")
+    if args.jobs is not None and args.jobs < 1:
+        raise InvalidKernelNameError(f"warmup --jobs must be at least 1 (got {args.jobs}).")
+    outcomes = bulk_warmup.run(args.provider, targets, jobs=args.jobs)
+    failed = [o for o in outcomes if not o.ok]
+    if args.json:
+        _print_json({"ok": not failed, "kernels": [o.to_dict() for o in outcomes], "failed": len(failed)})
+    else:
+        for o in outcomes:
+            state = f"ready in {o.seconds:.1f}s ({o.module})" if o.ok else "FAILED"
+            _say(f"{o.target.label()}: {state}")
+        if failed:
+            _say(f"error: {len(failed)} of {len(outcomes)} kernels failed to warm up:")
+            for o in failed:
+                first = o.error["message"].splitlines()[0] if o.error["message"] else ""
+                _say(f"  {o.target.label()}: {o.error['type']}: {first}")
+    return 1 if failed else 0
 
 
-def cmd_verify(args) -> int:
-    """Re-hash every published entry (the full check; loads only compare sizes)."""
-    from . import config
-    from .warm import check_entry
+# -- build ---------------------------------------------------------------------------------------
 
-    entries = config.cache_dir() / "entries"
-    damaged = 0
-    names = sorted(p for p in entries.iterdir() if p.is_dir()) if entries.is_dir() else []
-    for entry in names:
-        problem = check_entry(entry, full=True)
-        if problem:
-            damaged += 1
-            print(f"DAMAGED {entry.name}: {problem}", file=sys.stderr)
-    print(f"{len(names) - damaged} of {len(names)} cache entries intact", file=sys.stderr)
-    if damaged:
-        print(f"error: {damaged} damaged entries; they are rebuilt on their next load", file=sys.stderr)
-        return 1
-    return 0
+def _add_build(sub) -> None:
+    p = sub.add_parser("build", help="compile kernels into the cache without loading them (CUDA: no GPU needed)")
+    p.add_argument("names", nargs="+", help="kernel names (or folders with --local)")
+    _add_target_args(p)
+    p.add_argument("--arch", action="append", metavar="CAP",
+                   help="CUDA capability to compile for (9.0, 9.0a, 8.0+PTX; repeat or comma-separate); "
+                        "sets TORCH_CUDA_ARCH_LIST for this build")
+    p.add_argument("--local", action="store_true", help="the names are local kernel folders")
+    p.add_argument("--trust-remote-code", action="store_true", help="build kernels of untrusted publishers")
+    _add_json(p)
+    p.set_defaults(func=cmd_build)
 
 
 def _normalise_archs(values: list[str]) -> list[str]:
@@ -154,20 +201,19 @@ def cmd_build(args) -> int:
     """Compile kernels into the cache without importing them (no GPU needed with --arch)."""
     import os
 
+    from .bulk_warmup import error_record
     from .prebuild import prepare_kernel, prepare_local
 
     if args.arch and args.backend != "cuda":
-        print("error: --arch needs --backend cuda", file=sys.stderr)
-        return 2
+        return _usage_error(args, "--arch needs --backend cuda")
     try:
         archs = _normalise_archs(args.arch or [])
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _usage_error(args, str(exc))
     saved = os.environ.get("TORCH_CUDA_ARCH_LIST")
     if archs:
         os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(archs)
-    failures = 0
+    results = []
     total = len(args.names)
     try:
         for index, name in enumerate(args.names, 1):
@@ -179,22 +225,42 @@ def cmd_build(args) -> int:
                     prepared = prepare_kernel(args.provider, name, revision=args.revision, version=args.version,
                                               backend=args.backend, trust_remote_code=args.trust_remote_code)
             except JitKernelsError as exc:
-                failures += 1
-                print(f"[{index}/{total}] {name}: FAILED: {exc}", file=sys.stderr, flush=True)
+                results.append({"name": name, "ok": False, "error": error_record(exc)})
+                if not args.json:
+                    _say(f"[{index}/{total}] {name}: FAILED: {exc}")
                 continue
             i = prepared.inspection
-            print(f"[{index}/{total}] {name}: {i.backend}{' ' + ','.join(archs) if archs else ''} "
-                  f"ready in {time.monotonic() - start:.1f}s: {prepared.entry}", file=sys.stderr, flush=True)
+            seconds = time.monotonic() - start
+            results.append({"name": name, "ok": True, "backend": i.backend, "archs": archs,
+                            "entry": str(prepared.entry), "seconds": round(seconds, 3)})
+            if not args.json:
+                _say(f"[{index}/{total}] {name}: {i.backend}{' ' + ','.join(archs) if archs else ''} "
+                     f"ready in {seconds:.1f}s: {prepared.entry}")
     finally:
         if archs:
             if saved is None:
                 os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
             else:
                 os.environ["TORCH_CUDA_ARCH_LIST"] = saved
-    if failures:
-        print(f"error: {failures} of {total} kernels failed to build", file=sys.stderr)
-        return 1
-    return 0
+    failures = sum(not r["ok"] for r in results)
+    if args.json:
+        _print_json({"ok": not failures, "kernels": results, "failed": failures})
+    elif failures:
+        _say(f"error: {failures} of {total} kernels failed to build")
+    return 1 if failures else 0
+
+
+# -- export ----------------------------------------------------------------------------------------
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a built kernel as upstream's build/<variant>/ (for kernels.get_kernel)")
+    p.add_argument("name", help="kernel name (or a folder with --local)")
+    p.add_argument("--to", required=True, help="folder to write build/<variant>/ into (upload it with `hf upload`)")
+    _add_target_args(p)
+    p.add_argument("--local", action="store_true", help="the name is a local kernel folder")
+    p.add_argument("--trust-remote-code", action="store_true", help="export kernels of untrusted publishers")
+    _add_json(p)
+    p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args) -> int:
@@ -208,10 +274,145 @@ def cmd_export(args) -> int:
         prepared = prepare_kernel(args.provider, args.name, revision=args.revision, version=args.version,
                                   backend=args.backend, trust_remote_code=args.trust_remote_code)
     folder = export_entry(prepared, args.to)
-    print(folder)
     repo = prepared.inspection.repo_id if not args.local else None
-    print(f"publish with: {publish_hint(folder, repo)}", file=sys.stderr)
+    if args.json:
+        _print_json({"folder": str(folder), "publish": publish_hint(folder, repo)})
+    else:
+        print(folder)
+        _say(f"publish with: {publish_hint(folder, repo)}")
     return 0
+
+
+# -- lock ------------------------------------------------------------------------------------------
+
+def _add_lock(sub) -> None:
+    p = sub.add_parser("lock", help="pin kernels to commits and record the sha256 of every source file")
+    p.add_argument("names", nargs="+")
+    _add_target_args(p)
+    p.add_argument("-o", "--output", default="jitkernels.lock", help="lock file to write (jitkernels.lock)")
+    _add_json(p)
+    p.set_defaults(func=cmd_lock)
+
+
+def cmd_lock(args) -> int:
+    from .lockfile import write_lock
+    from .pipeline import lock_entry
+
+    entries = []
+    for index, name in enumerate(args.names, 1):
+        entry = lock_entry(args.provider, name, revision=args.revision, version=args.version, backend=args.backend)
+        _say(f"[{index}/{len(args.names)}] {entry['dependency']['repo-id']}: {entry['lock']['commit'][:12]}, "
+             f"{len(entry['jitkernels']['files'])} files")
+        entries.append(entry)
+    write_lock(args.output, entries)
+    if args.json:
+        _print_json({"output": str(args.output), "kernels": [
+            {"repo_id": e["dependency"]["repo-id"], "commit": e["lock"]["commit"],
+             "files": len(e["jitkernels"]["files"])} for e in entries]})
+    else:
+        _say(f"wrote {args.output}")
+    return 0
+
+
+# -- verify ----------------------------------------------------------------------------------------
+
+def _add_verify(sub) -> None:
+    p = sub.add_parser("verify", help="re-hash every cache entry (loads only compare file sizes)")
+    _add_json(p)
+    p.set_defaults(func=cmd_verify)
+
+
+def cmd_verify(args) -> int:
+    """Re-hash every published entry (the full check; loads only compare sizes)."""
+    from . import config
+    from .warm import check_entry
+
+    entries = config.cache_dir() / "entries"
+    names = sorted(p for p in entries.iterdir() if p.is_dir()) if entries.is_dir() else []
+    damaged = []
+    for entry in names:
+        problem = check_entry(entry, full=True)
+        if problem:
+            damaged.append({"entry": entry.name, "problem": problem})
+            if not args.json:
+                _say(f"DAMAGED {entry.name}: {problem}")
+    if args.json:
+        _print_json({"entries": len(names), "intact": len(names) - len(damaged), "damaged": damaged})
+    else:
+        _say(f"{len(names) - len(damaged)} of {len(names)} cache entries intact")
+        if damaged:
+            _say(f"error: {len(damaged)} damaged entries; they are rebuilt on their next load")
+    return 1 if damaged else 0
+
+
+# -- doctor ----------------------------------------------------------------------------------------
+
+def _add_doctor(sub) -> None:
+    p = sub.add_parser("doctor", help="check Python, torch, compilers, GPUs, cache and Hub; with NAME, what "
+                                      "loading that kernel would do and why")
+    p.add_argument("name", nargs="?", default=None, help="a kernel to diagnose (optional)")
+    _add_target_args(p)
+    _add_json(p)
+    p.set_defaults(func=cmd_doctor)
+
+
+def cmd_doctor(args) -> int:
+    from . import doctor
+
+    data = doctor.report(args.name, provider=args.provider, revision=args.revision, version=args.version,
+                         backend=args.backend)
+    if args.json:
+        _print_json(data)
+    else:
+        print(doctor.render(data))
+        if args.name is not None:
+            k = data["kernel"]
+            print(f"\n{args.name}: would {k['would']}: {k['why']}")
+    return 1 if args.name is not None and data["kernel"]["would"] == "fail" else 0
+
+
+# -- demo ------------------------------------------------------------------------------------------
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="load a bundled example kernel through a local Hub and run it")
+    p.add_argument("--no-native", action="store_true", help="skip compiling the example native kernel")
+    _add_json(p)
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    if not args.json:
+        return run_demo(native=not args.no_native)
+    with contextlib.redirect_stdout(sys.stderr):  # the narration goes to stderr, the verdict to stdout
+        code = run_demo(native=not args.no_native)
+    _print_json({"passed": code == 0})
+    return code
+
+
+# -- cache -----------------------------------------------------------------------------------------
+
+def _add_cache(sub) -> None:
+    p = sub.add_parser("cache", help="print the cache folder, or list, inspect, prune or clear its entries")
+    _add_json(p)
+    p.set_defaults(func=cmd_cache, action=None)
+    actions = p.add_subparsers(dest="action", parser_class=_Parser)
+    q = actions.add_parser("list", help="every entry: kernel, revision, backend, archs, ABI, size, last use")
+    _add_json(q)
+    q = actions.add_parser("info", help="the entries of one kernel (or one entry folder name)")
+    q.add_argument("name")
+    _add_json(q)
+    q = actions.add_parser("prune", help="remove entries not used lately, not loadable here, or damaged")
+    q.add_argument("--older-than", type=float, metavar="DAYS", help="not used for DAYS days")
+    q.add_argument("--unloadable", action="store_true", help="native entries for another Python ABI or torch build")
+    q.add_argument("--damaged", action="store_true", help="entries that fail the integrity check")
+    q.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    _add_json(q)
+    q = actions.add_parser("clear", help="remove every entry not in use, the indexes, memos and logs")
+    q.add_argument("--yes", action="store_true", help="really clear")
+    q.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    _add_json(q)
 
 
 def cmd_cache(args) -> int:
@@ -219,7 +420,10 @@ def cmd_cache(args) -> int:
 
     action = getattr(args, "action", None)
     if action is None:
-        print(config.cache_dir())
+        if args.json:
+            _print_json({"cache_dir": str(config.cache_dir())})
+        else:
+            print(config.cache_dir())
         return 0
     if action == "list":
         infos = cache_admin.list_entries()
@@ -232,16 +436,14 @@ def cmd_cache(args) -> int:
                              f"(`jitkernels cache list` shows them).")
     else:
         if action == "prune" and args.older_than is None and not args.unloadable and not args.damaged:
-            print("error: say what to prune: --older-than DAYS, --unloadable or --damaged", file=sys.stderr)
-            return 2
+            return _usage_error(args, "say what to prune: --older-than DAYS, --unloadable or --damaged")
         if action == "clear" and not (args.yes or args.dry_run):
-            print("error: clearing removes every entry; pass --yes (or --dry-run)", file=sys.stderr)
-            return 2
+            return _usage_error(args, "clearing removes every entry; pass --yes (or --dry-run)")
         removed, busy = (cache_admin.prune(args.older_than, args.unloadable, args.damaged, args.dry_run)
                          if action == "prune" else cache_admin.clear(args.dry_run))
         if args.json:
-            print(json.dumps({"removed": [e.to_dict() for e in removed], "in_use": [e.to_dict() for e in busy],
-                              "dry_run": args.dry_run}, indent=2, sort_keys=True))
+            _print_json({"removed": [e.to_dict() for e in removed], "in_use": [e.to_dict() for e in busy],
+                         "dry_run": args.dry_run})
         else:
             verb = "would remove" if args.dry_run else "removed"
             for e in removed:
@@ -251,7 +453,7 @@ def cmd_cache(args) -> int:
             print(f"{verb} {len(removed)} entries, {cache_admin.human_size(sum(e.size for e in removed))}")
         return 0
     if args.json:
-        print(json.dumps([e.to_dict() for e in infos], indent=2, sort_keys=True))
+        _print_json([e.to_dict() for e in infos])
     elif action == "info":
         for e in infos:
             print("\n".join(f"{k:<9} {v}" for k, v in e.to_dict().items()) + "\n")
@@ -260,85 +462,49 @@ def cmd_cache(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    from .demo import run_demo
+# -- the program -----------------------------------------------------------------------------------
 
-    return run_demo(native=not args.no_native)
+#: One entry per command, in the order ``--help`` lists them.
+COMMANDS = (_add_inspect, _add_warmup, _add_build, _add_export, _add_lock, _add_verify, _add_doctor, _add_demo,
+            _add_cache)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is a JSON object when ``--json`` was asked."""
+
+    json_errors = False
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        if _Parser.json_errors:
+            _print_json({"error": {"type": "UsageError", "message": f"{self.prog}: {message}", "exit_code": 2}})
+            sys.exit(2)
+        super().error(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jitkernels", description="JIT-first loader for Hugging Face Hub kernels.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from . import __version__
 
-    p = sub.add_parser("inspect", help="show what JitKernels would do with kernels (no binary download, no build)")
-    p.add_argument("names", nargs="+", help="kernel names: 'activation', 'org/name' (or folders with --local)")
-    _add_target_args(p)
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--local", action="store_true", help="the names are local kernel folders")
-    p.set_defaults(func=cmd_inspect)
-
-    p = sub.add_parser("warmup", help="fetch and prepare (compile) kernels ahead of use")
-    p.add_argument("names", nargs="+")
-    _add_target_args(p)
-    p.set_defaults(func=cmd_warmup)
-
-    p = sub.add_parser("lock", help="pin kernels to commits and record the sha256 of every source file")
-    p.add_argument("names", nargs="+")
-    _add_target_args(p)
-    p.add_argument("-o", "--output", default="jitkernels.lock", help="lock file to write (jitkernels.lock)")
-    p.set_defaults(func=cmd_lock)
-
-    p = sub.add_parser("demo", help="load a bundled example kernel through a local Hub and run it")
-    p.add_argument("--no-native", action="store_true", help="skip compiling the example native kernel")
-    p.set_defaults(func=cmd_demo)
-
-    p = sub.add_parser("verify", help="re-hash every cache entry (loads only compare file sizes)")
-    p.set_defaults(func=cmd_verify)
-
-    p = sub.add_parser("build", help="compile kernels into the cache without loading them (CUDA: no GPU needed)")
-    p.add_argument("names", nargs="+", help="kernel names (or folders with --local)")
-    _add_target_args(p)
-    p.add_argument("--arch", action="append", metavar="CAP",
-                   help="CUDA capability to compile for (9.0, 9.0a, 8.0+PTX; repeat or comma-separate); "
-                        "sets TORCH_CUDA_ARCH_LIST for this build")
-    p.add_argument("--local", action="store_true", help="the names are local kernel folders")
-    p.add_argument("--trust-remote-code", action="store_true", help="build kernels of untrusted publishers")
-    p.set_defaults(func=cmd_build)
-
-    p = sub.add_parser("export", help="write a built kernel as upstream's build/<variant>/ (for kernels.get_kernel)")
-    p.add_argument("name", help="kernel name (or a folder with --local)")
-    p.add_argument("--to", required=True, help="folder to write build/<variant>/ into (upload it with `hf upload`)")
-    _add_target_args(p)
-    p.add_argument("--local", action="store_true", help="the name is a local kernel folder")
-    p.add_argument("--trust-remote-code", action="store_true", help="export kernels of untrusted publishers")
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("cache", help="print the cache folder, or list, inspect, prune or clear its entries")
-    p.set_defaults(func=cmd_cache, action=None)
-    actions = p.add_subparsers(dest="action")
-    q = actions.add_parser("list", help="every entry: kernel, revision, backend, archs, ABI, size, last use")
-    q.add_argument("--json", action="store_true", help="print JSON")
-    q = actions.add_parser("info", help="the entries of one kernel (or one entry folder name)")
-    q.add_argument("name")
-    q.add_argument("--json", action="store_true", help="print JSON")
-    q = actions.add_parser("prune", help="remove entries not used lately, not loadable here, or damaged")
-    q.add_argument("--older-than", type=float, metavar="DAYS", help="not used for DAYS days")
-    q.add_argument("--unloadable", action="store_true", help="native entries for another Python ABI or torch build")
-    q.add_argument("--damaged", action="store_true", help="entries that fail the integrity check")
-    q.add_argument("--dry-run", action="store_true", help="only say what would be removed")
-    q.add_argument("--json", action="store_true", help="print JSON")
-    q = actions.add_parser("clear", help="remove every entry not in use, the indexes, memos and logs")
-    q.add_argument("--yes", action="store_true", help="really clear")
-    q.add_argument("--dry-run", action="store_true", help="only say what would be removed")
-    q.add_argument("--json", action="store_true", help="print JSON")
+    parser = _Parser(prog="jitkernels", description="JIT-first loader for Hugging Face Hub kernels.")
+    parser.add_argument("--version", action="version", version=f"jitkernels {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _Parser.json_errors = "--json" in argv
     args = build_parser().parse_args(argv)
+    from .log import setup
+
+    setup()  # progress and messages reach stderr unless logging is configured (see jitkernels.log)
     try:
         return args.func(args)
     except JitKernelsError as exc:
+        if getattr(args, "json", False):
+            _print_json(_error_payload(exc, 1))
+            return 1
         # One clear line; a compile error keeps its compiler output below it.
         first, _, rest = str(exc).strip().partition("\n")
         print(f"error: {first}", file=sys.stderr)
@@ -346,7 +512,10 @@ def main(argv: list[str] | None = None) -> int:
             print(rest, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        if getattr(args, "json", False):
+            _print_json({"error": {"type": "KeyboardInterrupt", "message": "interrupted", "exit_code": 130}})
+        else:
+            print("error: interrupted", file=sys.stderr)
         return 130
 
 

@@ -218,3 +218,24 @@ DEFAULT_CUTLASS_URL = "https://github.com/NVIDIA/cutlass/archive/refs/tags/v{ver
 def cutlass_url_template() -> str:
     """``JITKERNELS_CUTLASS_URL`` (a mirror, e.g. ``https://mirror.example/cutlass-{version}.tar.gz``)."""
     return os.environ.get("JITKERNELS_CUTLASS_URL", "").strip() or DEFAULT_CUTLASS_URL
+
+
+def kernels_hub_cache() -> str | None:
+    """Where Hub downloads of kernel repositories go: upstream ``kernels``' ``KERNELS_CACHE``.
+
+    Same meaning as upstream (a huggingface_hub cache folder, so both share
+    their downloads); its older name ``HF_KERNELS_CACHE`` is honoured with the
+    deprecation warning upstream gives. Unset: huggingface_hub's own cache
+    (``HF_HUB_CACHE``). This is not JitKernels' build cache (``JITKERNELS_CACHE``).
+    """
+    value = os.environ.get("KERNELS_CACHE")
+    if value:
+        return str(Path(value).expanduser())
+    old = os.environ.get("HF_KERNELS_CACHE")
+    if old:
+        from .log import warning_once
+
+        warning_once("HF_KERNELS_CACHE will be removed in the future, use KERNELS_CACHE instead "
+                     "(JitKernels, like upstream kernels, reads kernel downloads from it).")
+        return str(Path(old).expanduser())
+    return None

@@ -40,7 +40,6 @@ def run_demo(native: bool = True) -> int:
             HF_ENDPOINT=hub.endpoint,
             HF_HOME=str(work / "hf"),
             HF_HUB_DISABLE_TELEMETRY="1",
-            HF_HUB_DISABLE_PROGRESS_BARS="1",
             JITKERNELS_CACHE=str(work / "cache"),
         )
         log = logging.getLogger("jitkernels")  # our progress lines only, not every HTTP request

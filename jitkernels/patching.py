@@ -32,6 +32,15 @@ binding                           JitKernels replacement
 get_kernel_with_resolver``        resolver's lock gives for the kernel (other resolvers: upstream)
 ``kernels.layer.layer.``/``func.  ``LayerRepository(version=N)`` resolves to the branch ``vN`` (JitKernels
 select_revision_or_version``      resolves it to a commit when loading) without a Hub request
+``kernels.install_kernel``,       prepares (fetches, builds) and imports the kernel; returns the folder
+``kernels.install.install_kernel``  of the prepared package (``local_files_only=True``: nothing is fetched)
+``kernels.get_loaded_kernels``,   upstream's records plus one ``LoadedKernel`` per kernel loaded through
+``kernels.importer.``...          the patched functions (``metadata``: ``id`` is the op namespace, ``name``
+                                  the repo name, ``version`` the N of ``version=N`` else 0, ``license``
+                                  "unknown": JitKernels builds from source and has no variant metadata)
+``kernels.get_kernel_dep``,       during an upstream load, upstream's; otherwise the module JitKernels
+``kernels.deps.get_kernel_dep``   loaded for that repo id in this process (its ``kernel-depends`` are
+                                  loaded first), a ``RuntimeError`` as upstream if none or several
 ================================  =================================================================
 
 ``kernelize``, ``use_kernel_forward_from_hub``, ``use_kernel_mapping`` and the
@@ -46,10 +55,20 @@ Arguments keep their upstream meaning; upstream's signatures are enforced
 is required as upstream). ``user_agent`` is accepted and ignored (JitKernels
 sends its own); ``check_arch`` is accepted: JitKernels builds or picks code
 for this machine, so there is nothing to check. ``backend`` must be one of
-JitKernels' backends. Errors are JitKernels' (a missing kernel is a
-``KernelNotFoundError``, not upstream's ``FileNotFoundError``).
+JitKernels' backends. Errors are JitKernels' and also instances of what
+upstream raises in the same situation (see :mod:`jitkernels.upstream_errors`):
+a kernel that cannot be built here is an ``UnsupportedKernelError`` *and* a
+``FileNotFoundError``, so ``kernelize(..., use_fallback=...)`` keeps the
+original layer exactly as it does for a missing upstream build variant.
 
-``patch()`` is idempotent (a second call only changes the provider), thread
+Opt-in fallback to upstream's binaries: ``patch(fallback="upstream")`` or
+``JITKERNELS_FALLBACK=upstream`` hands a kernel JitKernels cannot build
+(``UnsupportedKernelError``, ``BuildError``, ``ToolchainError``) to the
+original upstream function, with one warning naming the kernel and the
+reason; ``has_kernel`` asks upstream when JitKernels says no. Off by default:
+the default stays "fail loudly".
+
+``patch()`` is idempotent (a second call only changes the provider and fallback), thread
 safe, and works whether ``kernels`` is imported before or after it (a wrapt
 post-import hook patches it when it is first imported). ``unpatch()`` puts
 the exact original function objects back (checked by identity in the
@@ -57,8 +76,10 @@ tests); a binding someone else re-wrapped after us is left alone with a warning.
 
 ``load_kernel`` upstream never downloads; patched, a locked commit that is
 not prepared yet is fetched (set ``HF_HUB_OFFLINE=1`` for cache-only). Not
-redirected: ``install_kernel``, ``get_kernel_variants``, the ``kernels`` CLI,
-and ``get_kernel_dep`` (kernel-to-kernel dependencies).
+redirected: ``get_kernel_variants`` (it reports which of a repository's
+prebuilt binary variants fit this machine, which stays true and useful;
+``jitkernels.inspect`` says what JitKernels would do) and the ``kernels`` CLI
+(a separate program; ``jitkernels`` has the matching commands).
 
 ``kernels`` not installed: ``patch()`` raises :class:`~jitkernels.errors.PatchError`;
 the autopatch hook (``JITKERNELS_AUTOPATCH=1``) instead warns once and does nothing.
@@ -85,7 +106,16 @@ PATCHED_BINDINGS: dict[str, tuple[str, ...]] = {
     "kernels.load": ("get_kernel", "has_kernel", "get_local_kernel", "load_kernel", "get_locked_kernel"),
     "kernels.layer.layer": ("get_kernel", "get_local_kernel", "get_kernel_with_resolver", "select_revision_or_version"),
     "kernels.layer.func": ("get_kernel", "get_local_kernel", "get_kernel_with_resolver", "select_revision_or_version"),
+    "kernels.install": ("install_kernel",),
+    "kernels.importer": ("get_loaded_kernels",),
+    "kernels.deps": ("get_kernel_dep",),
 }
+PATCHED_BINDINGS["kernels"] += ("install_kernel", "get_loaded_kernels", "get_kernel_dep")
+
+#: Bindings that load a kernel: the upstream fallback applies to them, and what they return is recorded.
+_LOADERS = ("get_kernel", "get_local_kernel", "load_kernel", "get_locked_kernel", "get_kernel_with_resolver",
+            "install_kernel")
+FALLBACK_ENV = "JITKERNELS_FALLBACK"
 
 _LOCK = threading.RLock()
 
@@ -93,6 +123,7 @@ _LOCK = threading.RLock()
 class _State:
     active = False
     provider = "hf_kernels"
+    fallback: str | None = None  # patch(fallback=...); None: JITKERNELS_FALLBACK decides
     hook_registered = False
     #: (module name, attribute) -> (original object, our wrapper)
     originals: dict[tuple[str, str], tuple[object, object]] = {}
@@ -236,6 +267,104 @@ def _select_revision_or_version(original, a: dict) -> str:
     return f"v{version}"
 
 
+def _install_kernel(original, a: dict):
+    """Upstream downloads a variant and returns its folder; JitKernels prepares (builds) and returns the package's."""
+    from .pipeline import load_kernel
+
+    _one_of(a["revision"], a["version"])
+    load = functools.partial(load_kernel, _STATE.provider, a["repo_id"], revision=a["revision"],
+                             version=a["version"], backend=a["backend"], trust_remote_code=a["trust_remote_code"])
+    module = _offline_call(load) if a["local_files_only"] else load()
+    return Path(module.__file__).parent
+
+
+def _offline_call(call):
+    """Run ``call`` as if HF_HUB_OFFLINE=1 (upstream's ``local_files_only=True``), holding the pipeline lock."""
+    import os
+
+    from . import pipeline
+
+    with pipeline._LOCK:
+        saved = os.environ.get("HF_HUB_OFFLINE")
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        try:
+            return call()
+        finally:
+            if saved is None:
+                os.environ.pop("HF_HUB_OFFLINE", None)
+            else:
+                os.environ["HF_HUB_OFFLINE"] = saved
+
+
+#: id(module) -> (module, repo_id, revision, version) of every kernel the patched loaders returned.
+_LOADED: dict[int, tuple] = {}
+
+
+def _record(name: str, a: dict, module) -> None:
+    if name == "install_kernel" or not hasattr(module, "__file__"):
+        return
+    repo_id = a.get("repo_id") or getattr(a.get("kernel"), "repo_id", None) or str(a.get("repo_path", ""))
+    _LOADED.setdefault(id(module), (module, repo_id, a.get("revision"), a.get("version")))
+
+
+def _get_loaded_kernels(original, a: dict) -> list:
+    """Upstream's records, then the kernels the patched loaders returned (see the module docstring)."""
+    import json
+
+    from kernels import LoadedKernel
+    from kernels._rust import Metadata
+
+    from .warm import MANIFEST
+
+    out = list(original())
+    seen = {id(k.module) for k in out}
+    RepoInfo = getattr(sys.modules.get("kernels.hf_hub"), "RepoInfo", None)
+    for module, repo_id, revision, version in list(_LOADED.values()):
+        if id(module) in seen:
+            continue
+        package = Path(module.__file__).parent
+        try:
+            inspection = json.loads((package.parent / MANIFEST).read_text()).get("inspection", {})
+        except (OSError, ValueError):
+            inspection = {}
+        commit = inspection.get("revision") or revision
+        metadata = Metadata.from_bytes(json.dumps({
+            "id": inspection.get("module_name") or module.__name__,
+            "name": (repo_id or module.__name__).rsplit("/", 1)[-1].replace("_", "-"),
+            "version": version if isinstance(version, int) else 0,
+            "license": "unknown",
+            "python-depends": list(inspection.get("python_depends", [])),
+            "backend": {"type": inspection.get("backend", "cpu")},
+        }).encode())
+        info = RepoInfo(repo_id=repo_id, revision=commit) if RepoInfo and repo_id and commit else None
+        out.append(LoadedKernel(metadata=metadata, module=module, repo_info=info))
+    return out
+
+
+def _get_kernel_dep(original, a: dict):
+    """Inside upstream's loader: upstream's. Otherwise the one module JitKernels loaded for that repo id."""
+    deps_module = sys.modules.get("kernels.deps")
+    context = getattr(deps_module, "_KERNEL_DEPS", None)
+    if context is not None and context.get() is not None:
+        return original(**a)
+    from . import config, warm
+
+    repo_id, root = a["repo_id"], str(config.cache_dir())
+    # warm.LOADED: (cache root, provider, repo id or "name:...", commit, backend) -> module
+    found = {id(m): m for key, m in list(warm.LOADED.items())
+             if key[:1] == (root,) and key[2:3] in ((repo_id,), ("name:" + repo_id,))}
+    found.update({id(m): m for m, rid, _r, _v in list(_LOADED.values()) if rid == repo_id})
+    if len(found) == 1:
+        return next(iter(found.values()))
+    if not found:
+        raise RuntimeError(
+            f"Dependency '{repo_id}' not found in kernel dependencies. Ensure the dependency is added to "
+            f"`kernel-deps` in build.toml (jitkernels: no kernel of that repository is loaded in this process)."
+        )
+    raise RuntimeError(f"Dependency '{repo_id}': {len(found)} different builds of it are loaded in this process "
+                       f"({', '.join(sorted(m.__name__ for m in found.values()))}); jitkernels cannot tell which one.")
+
+
 _REPLACEMENTS = {
     "get_kernel": _get_kernel,
     "has_kernel": _has_kernel,
@@ -244,14 +373,80 @@ _REPLACEMENTS = {
     "get_locked_kernel": _get_locked_kernel,
     "get_kernel_with_resolver": _get_kernel_with_resolver,
     "select_revision_or_version": _select_revision_or_version,
+    "install_kernel": _install_kernel,
+    "get_loaded_kernels": _get_loaded_kernels,
+    "get_kernel_dep": _get_kernel_dep,
 }
 
 
-def _make_wrapper(original, replacement):
+def fallback_mode() -> str | None:
+    """``"upstream"`` when kernels JitKernels cannot build go to upstream's loader, else None (the default)."""
+    import os
+
+    value = _STATE.fallback if _STATE.fallback is not None else os.environ.get(FALLBACK_ENV, "")
+    value = value.strip().lower()
+    if value in ("", "none", "off", "0", "false", "no"):
+        return None
+    if value == "upstream":
+        return "upstream"
+    from .log import warning_once
+
+    warning_once(f"{FALLBACK_ENV}={value!r} is not understood (use 'upstream' or leave it unset); no fallback.")
+    return None
+
+
+def _check_fallback(value) -> str | None:
+    if value is None or value is False:
+        return None
+    if isinstance(value, str) and value.strip().lower() in ("upstream", "none", "off"):
+        return value.strip().lower()
+    raise PatchError(f"jitkernels.patch(fallback={value!r}): use fallback='upstream' or None.")
+
+
+def _cannot_build(exc: BaseException) -> bool:
+    from .errors import BuildError, UnsupportedKernelError
+
+    return isinstance(exc, (UnsupportedKernelError, BuildError))
+
+
+def _kernel_named(a: dict) -> str:
+    kernel = a.get("kernel")
+    return a.get("repo_id") or getattr(kernel, "repo_id", None) or str(a.get("repo_path", "the kernel"))
+
+
+def _hand_to_upstream(name: str, a: dict, exc: BaseException, wrapped, args, kwargs):
+    from .log import warning_once
+
+    reason = getattr(exc, "reason", None)
+    why = f"{reason}: " if reason else ""
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    warning_once(f"jitkernels: cannot build {_kernel_named(a)} here ({why}{first_line}); "
+                 f"{FALLBACK_ENV}=upstream hands it to upstream kernels' {name}.")
+    return wrapped(*args, **kwargs)
+
+
+def _make_wrapper(original, replacement, name: str = ""):
     import wrapt
 
+    from .errors import JitKernelsError
+    from .upstream_errors import upstream_compatible
+
     def wrapper(wrapped, instance, args, kwargs):
-        return replacement(wrapped, _bind(wrapped, args, kwargs))
+        a = _bind(wrapped, args, kwargs)
+        try:
+            result = replacement(wrapped, a)
+        except JitKernelsError as exc:
+            if name in _LOADERS and fallback_mode() == "upstream" and _cannot_build(exc):
+                return _hand_to_upstream(name, a, exc, wrapped, args, kwargs)
+            compatible = upstream_compatible(exc)
+            if compatible is exc:
+                raise
+            raise compatible from exc.__cause__
+        if name == "has_kernel" and result is False and fallback_mode() == "upstream":
+            return wrapped(*args, **kwargs)
+        if name in _LOADERS:
+            _record(name, a, result)
+        return result
 
     proxy = wrapt.FunctionWrapper(original, wrapper)
     return proxy
@@ -277,7 +472,7 @@ def _apply() -> None:
             if original is None:
                 missing.append(f"{module_name}.{name}")
                 continue
-            wrapper = _make_wrapper(original, _REPLACEMENTS[name])
+            wrapper = _make_wrapper(original, _REPLACEMENTS[name], name)
             setattr(module, name, wrapper)
             _STATE.originals[(module_name, name)] = (original, wrapper)
     _forget_upstream_caches()
@@ -340,10 +535,11 @@ def _kernels_installed() -> bool:
         return False
 
 
-def _patch(provider, *, autopatch: bool = False) -> bool:
+def _patch(provider, *, autopatch: bool = False, fallback=None) -> bool:
     from .providers import provider_name
 
     canonical = provider_name(provider)
+    fallback = _check_fallback(fallback)
     with _LOCK:
         if not _kernels_installed():
             message = ("jitkernels.patch(): the upstream `kernels` package is not installed, so there is "
@@ -354,6 +550,7 @@ def _patch(provider, *, autopatch: bool = False) -> bool:
             raise PatchError(message)
         was_active = _STATE.active
         _STATE.provider = canonical
+        _STATE.fallback = fallback
         _STATE.active = True
         if was_active:
             return False
@@ -376,9 +573,10 @@ class Patch:
     for decorating is undone right away.
     """
 
-    def __init__(self, provider: str, owned: bool):
+    def __init__(self, provider: str, owned: bool, fallback: str | None = None):
         self.provider = provider
         self.owned = owned
+        self.fallback = fallback
 
     def __enter__(self) -> "Patch":
         return self
@@ -390,11 +588,11 @@ class Patch:
     def __call__(self, func):
         if self.owned:
             unpatch()  # decorating is not calling: patch only while func runs
-        provider = self.provider
+        provider, fallback = self.provider, self.fallback
 
         @functools.wraps(func)
         def patched(*args, **kwargs):
-            with patch(provider):
+            with patch(provider, fallback=fallback):
                 return func(*args, **kwargs)
 
         return patched
@@ -403,18 +601,23 @@ class Patch:
         return f"<jitkernels.patch provider={self.provider!r} active={is_patched()}>"
 
 
-def patch(provider="hf_kernels") -> Patch:
-    """Redirect the upstream ``kernels`` package to JitKernels (see the module docstring)."""
-    owned = _patch(provider)
+def patch(provider="hf_kernels", *, fallback: str | None = None) -> Patch:
+    """Redirect the upstream ``kernels`` package to JitKernels (see the module docstring).
+
+    ``fallback="upstream"``: kernels JitKernels cannot build go to upstream's
+    loader (one warning each); None (default): ``JITKERNELS_FALLBACK`` decides.
+    """
+    owned = _patch(provider, fallback=fallback)
     from .providers import provider_name
 
-    return Patch(provider_name(provider), owned)
+    return Patch(provider_name(provider), owned, fallback)
 
 
 def unpatch() -> None:
     """Restore the exact upstream functions everywhere; a no-op when not patched."""
     with _LOCK:
         _STATE.active = False
+        _STATE.fallback = None
         _restore()
 
 

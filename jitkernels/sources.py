@@ -131,10 +131,13 @@ def fetch_git_commit(ref: KernelRef, url: str, commit: str) -> LocalSnapshot:
         )
 
     def fill(out: Path, _work) -> dict:
+        from . import progress
+
         tree = out / "tree"
         tree.mkdir()
         for step in (["init", "-q", "."], ["fetch", "-q", "--depth", "1", "--", url, commit]):
-            result = _git(step, cwd=tree)
+            with progress.task(f"jitkernels: git {step[0]} {url} {commit[:12]}", unit=None, delay=1.0):
+                result = _git(step, cwd=tree)
             if result.returncode != 0:
                 raise FetchError(
                     f"Fetching the source of {ref.repo_id} failed: git {' '.join(step[:2])} {url} {commit[:12]}: "

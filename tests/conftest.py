@@ -150,7 +150,8 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(hf_home / "hub"))
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("JITKERNELS_TIMEOUT", "3")
-    for var in ("LOCAL_KERNELS", "HF_HUB_OFFLINE", "JITKERNELS_DISABLE_BUILD", "TORCH_CUDA_ARCH_LIST"):
+    for var in ("LOCAL_KERNELS", "HF_HUB_OFFLINE", "JITKERNELS_DISABLE_BUILD", "TORCH_CUDA_ARCH_LIST", "KERNELS_CACHE",
+                "HF_KERNELS_CACHE", "JITKERNELS_FALLBACK"):
         monkeypatch.delenv(var, raising=False)
     if "huggingface_hub" in sys.modules:
         from huggingface_hub import constants

@@ -87,8 +87,10 @@ def test_repo_info_by_branch_and_sha(hub, repo_id, repo_type, files, hf):
     info = api.repo_info(repo_id, repo_type=repo_type, revision="main")
     assert re.fullmatch(r"[0-9a-f]{40}", info.sha)
     assert info.id == repo_id
-    siblings = [s["rfilename"] if isinstance(s, dict) else s.rfilename for s in info.siblings]
-    assert sorted(siblings) == sorted(files)
+    if repo_type == "kernel":  # as the real Hub: kernel repos list their files only through /tree
+        assert getattr(info, "siblings", None) is None
+    else:
+        assert sorted(s.rfilename for s in info.siblings) == sorted(files)
     assert api.repo_info(repo_id, repo_type=repo_type, revision=info.sha).sha == info.sha
     assert api.repo_info(repo_id, repo_type=repo_type).sha == info.sha  # default revision: main
     prefix = "/api/kernels/" if repo_type == "kernel" else "/api/models/"
@@ -179,9 +181,14 @@ def test_snapshot_download_only_fetches_allowed_files(hub, revision, hf):
                                  local_files_only=True)
     assert Path(again) == folder
     assert hub.requests == [] and hub.downloaded() == []
-    with pytest.raises(hf.errors.LocalEntryNotFoundError):  # a file never fetched is not there
-        hf.snapshot_download("acme/relu", repo_type="kernel", revision=revision, allow_patterns=["README.md"],
-                             local_files_only=True)
+    # A file never fetched is not there: huggingface_hub 2.x raises, 1.x returns the snapshot folder without it.
+    try:
+        partial = hf.snapshot_download("acme/relu", repo_type="kernel", revision=revision,
+                                       allow_patterns=["README.md"], local_files_only=True)
+    except hf.errors.LocalEntryNotFoundError:
+        assert hf.__version__.split(".")[0] != "1"
+    else:
+        assert hf.__version__.startswith("1.") and not (Path(partial) / "README.md").exists()
 
 
 def test_snapshot_download_model_type(hub, hf):
@@ -249,15 +256,16 @@ def test_org_overview(hub, hf):
 
 # -- network down -----------------------------------------------------------------------------------
 def test_down_refuses_quickly_and_comes_back(hub, monkeypatch, hf):
-    import httpx2
     from huggingface_hub.utils import _http
 
     cached = hf.hf_hub_download("acme/relu", "build.toml", repo_type="kernel")
     hub.clear_log()
     hub.down = True
     start = time.monotonic()
-    with pytest.raises(httpx2.ConnectError):
+    # The HTTP library is httpx (huggingface_hub 1.x) or httpx2 (2.x): match the error by its name.
+    with pytest.raises(Exception) as refused:
         hf.HfApi().repo_info("acme/relu", repo_type="kernel", timeout=2)
+    assert "ConnectError" in [cls.__name__ for cls in type(refused.value).__mro__]
     assert time.monotonic() - start < 2
     # huggingface_hub treats it as offline: cached files by branch still resolve, others do not.
     assert hf.hf_hub_download("acme/relu", "build.toml", repo_type="kernel", etag_timeout=2) == cached
@@ -267,9 +275,14 @@ def test_down_refuses_quickly_and_comes_back(hub, monkeypatch, hf):
     # An uncached file: huggingface_hub retries the HEAD with backoff (1+2+4+8+8 s) before giving up.
     sleeps: list[float] = []
     monkeypatch.setattr(_http, "time", types.SimpleNamespace(sleep=sleeps.append))
-    with pytest.raises(hf.errors.LocalEntryNotFoundError):
+    # huggingface_hub 1.10-1.21 close their shared client on the first ConnectError and then retry with it,
+    # which ends in a RuntimeError after one sleep; later releases make all five attempts.
+    with pytest.raises((hf.errors.LocalEntryNotFoundError, RuntimeError)) as uncached:
         hf.hf_hub_download("acme/relu", "README.md", repo_type="kernel", etag_timeout=2)
-    assert len(sleeps) == 5
+    if isinstance(uncached.value, hf.errors.LocalEntryNotFoundError):
+        assert len(sleeps) == 5
+    else:
+        assert "client has been closed" in str(uncached.value) and len(sleeps) == 1
     assert hub.requests == []
     hub.down = False
     assert hf.HfApi().repo_info("acme/relu", repo_type="kernel").sha == hub.shas["main"]
@@ -330,7 +343,7 @@ def test_module_imports_no_third_party():
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     code = ("import sys; import jitkernels.testing.hubserver; "
-            "bad = [m for m in ('huggingface_hub', 'torch', 'httpx2') if m in sys.modules]; print(bad)")
+            "bad = [m for m in ('huggingface_hub', 'torch', 'httpx', 'httpx2') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
                          cwd=root).stdout
     assert out.strip() == "[]"

@@ -76,8 +76,12 @@ def test_changed_source_gets_a_new_entry_and_never_a_stale_one(shared_cache, mon
         jitkernels.load_local(copy, backend="cpu")
 
 
-def test_compile_error_shows_compiler_output_and_publishes_nothing(tmp_path, monkeypatch):
+def test_compile_error_shows_compiler_output_and_publishes_nothing(tmp_path, monkeypatch, caplog):
+    import logging
     import shutil
+
+    caplog.set_level(logging.INFO, logger="jitkernels")
+    monkeypatch.setenv("JITKERNELS_PROGRESS", "1")
 
     copy = tmp_path / "scaled-add"
     shutil.copytree(EXAMPLES / "scaled-add", copy)
@@ -87,8 +91,11 @@ def test_compile_error_shows_compiler_output_and_publishes_nothing(tmp_path, mon
         jitkernels.load_local(copy, backend="cpu")
     message = str(err.value)
     assert "scaled_add_cpu.cpp" in message and "error" in message
+    assert "for cpu failed in scaled_add_cpu/scaled_add_cpu.cpp (ninja exit" in message  # the failing unit
     assert "for cpu" in message and str(err.value.log_path) in message
     assert err.value.log_path.exists()
+    shown = [r.getMessage() for r in caplog.records if r.name == "jitkernels.progress"]
+    assert shown[-1].endswith(f"FAILED in scaled_add_cpu/scaled_add_cpu.cpp; log: {err.value.log_path}")
     cache = tmp_path / "jkcache"
     assert not list((cache / "entries").glob("_scaled_add_cpu_*"))
     assert not list((cache / "staging").iterdir())

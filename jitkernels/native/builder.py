@@ -30,7 +30,6 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -165,20 +164,25 @@ def toolchain_paths(spec: BuildSpec) -> dict:
         raise ToolchainError(f"{spec.kernel}: torch.utils.cpp_extension is unusable here: {exc}") from exc
 
     device = "cuda" if spec.backend == "cuda" else "cpu"
-    includes = list(cpp_extension.include_paths(device))
-    python_include = sysconfig.get_path("include", scheme="posix_prefix")
-    if python_include:
-        includes.append(python_include)
-    libs = [f"-L{path}" for path in cpp_extension.library_paths(device)]
-    libs += ["-lc10", "-ltorch_cpu", "-ltorch"]
-    nvcc = None
-    if spec.backend == "cuda":
+    home = None
+    if spec.backend == "cuda":  # checked first: cpp_extension's CUDA paths raise a bare OSError without it
         home = environment.cuda_home() or cpp_extension.CUDA_HOME
         if not home or not os.path.exists(os.path.join(home, "bin", "nvcc")):
             raise ToolchainError(
                 f"{spec.kernel}: building a CUDA kernel needs nvcc; none found "
                 f"(CUDA_HOME={home!r}). Install the CUDA toolkit or set CUDA_HOME."
             )
+    try:
+        includes = list(cpp_extension.include_paths(device))
+        libs = [f"-L{path}" for path in cpp_extension.library_paths(device)]
+    except OSError as exc:  # a toolchain problem, not a cache problem
+        raise ToolchainError(f"{spec.kernel}: torch.utils.cpp_extension cannot find the {device} toolchain: {exc}") from exc
+    python_include = sysconfig.get_path("include", scheme="posix_prefix")
+    if python_include:
+        includes.append(python_include)
+    libs += ["-lc10", "-ltorch_cpu", "-ltorch"]
+    nvcc = None
+    if spec.backend == "cuda":
         nvcc = os.path.join(home, "bin", "nvcc")
         includes.append(os.path.join(home, "include"))
         libs += ["-lc10_cuda", "-ltorch_cuda", f"-L{os.path.join(home, 'lib64')}", "-lcudart"]
@@ -271,43 +275,41 @@ def _ninja() -> str:
         raise ToolchainError("Building native kernels needs ninja: pip install ninja") from exc
 
 
-class _Progress:
-    """A one-line progress display on a TTY; a log line per finished unit otherwise."""
-
-    def __init__(self, spec: BuildSpec):
-        self.spec = spec
-        self.start = time.monotonic()
-        self.tty = sys.stderr.isatty()
-        self.last_log = 0.0
-
-    def update(self, done: int, total: int, what: str) -> None:
-        elapsed = time.monotonic() - self.start
-        text = f"jitkernels: building {self.spec.extension_name} [{done}/{total}] {elapsed:5.1f}s {what}"
-        if self.tty:
-            sys.stderr.write("\r\033[K" + text[: shutil.get_terminal_size((100, 20)).columns - 1])
-            sys.stderr.flush()
-        else:
-            logger.info(text)
-
-    def finish(self, ok: bool) -> None:
-        elapsed = time.monotonic() - self.start
-        if self.tty:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
-        message = f"jitkernels: {'built' if ok else 'FAILED building'} {self.spec.extension_name} in {elapsed:.1f}s"
-        (logger.info if ok else logger.error)(message)
+def _failed_unit(spec: BuildSpec, lines: list[str]) -> str | None:
+    """The source (or link step) of the first edge ninja reports as ``FAILED:``, from its target and command."""
+    for index, line in enumerate(lines):
+        if not line.startswith("FAILED: "):
+            continue
+        text = " ".join(lines[index:index + 2])
+        matches = [unit.path for unit in spec.units if f"/{unit.path}" in text]
+        if matches:
+            return max(matches, key=len)
+        if spec.extension_name in line:
+            return "the link step"
+        return line[len("FAILED: "):].strip()
+    return None
 
 
 def run_ninja(spec: BuildSpec, obj: Path, log_path: Path) -> None:
+    """Run the build, showing N/M units, elapsed time and an estimate (see :mod:`jitkernels.progress`).
+
+    The full output goes to ``log_path``, which is kept; a failure names the unit that failed.
+    """
+    from .. import progress
+    from ..log import setup
+
+    setup()  # the compiling/built events below reach stderr when the application configured no logging
     cache.ensure_dir(log_path.parent)
     cmd = [_ninja(), "-C", str(obj), "-j", str(config.max_jobs())]
     if config.verbose():
         cmd.append("-v")
     env = dict(os.environ, NINJA_STATUS="[%f/%t] ")
-    logger.info("jitkernels: compiling %s", spec.describe())
-    progress = _Progress(spec)
+    logger.info("jitkernels: compiling %s", spec.describe())  # the start and end events stay log lines
     tail: list[str] = []
-    with open(log_path, "w") as log:
+    failed: list[str] = []
+    units = len(spec.units) + 1  # the link step counts as one
+    with progress.task(f"jitkernels: building {spec.extension_name}", total=units, unit="unit",
+                       eta_after=min(3, units)) as shown, open(log_path, "w") as log:
         log.write(f"# {spec.describe()}\n# {' '.join(cmd)}\n")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         assert proc.stdout is not None
@@ -315,6 +317,8 @@ def run_ninja(spec: BuildSpec, obj: Path, log_path: Path) -> None:
             log.write(line)
             tail.append(line.rstrip("\n"))
             del tail[:-60]
+            if line.startswith("FAILED: ") or (failed and len(failed) < 2):
+                failed.append(line.rstrip("\n"))
             if config.verbose():
                 sys.stderr.write(line)
             if line.startswith("[") and "/" in line.split("]", 1)[0]:
@@ -323,15 +327,32 @@ def run_ninja(spec: BuildSpec, obj: Path, log_path: Path) -> None:
                     done, total = (int(x) for x in counter[1:].split("/"))
                 except ValueError:
                     continue
-                progress.update(done, total, what.strip()[:80])
+                shown.set(done, total=total, detail=_short(what.strip()))
         code = proc.wait()
-    progress.finish(code == 0)
-    if code != 0:
+        unit = _failed_unit(spec, failed) if code != 0 else None
+        if code != 0:
+            shown.finish(ok=False, summary=f"FAILED in {unit or 'an unknown step'}; log: {log_path}")
+    if code == 0:
+        logger.info("jitkernels: built %s in %.1fs", spec.extension_name, shown.elapsed())
+    else:
+        logger.error("jitkernels: FAILED building %s in %.1fs", spec.extension_name, shown.elapsed())
         errors = [line for line in tail if not line.startswith("[")]
+        where = f" in {unit}" if unit else ""
         raise BuildError(
-            f"Compiling {spec.kernel} for {spec.backend} failed (ninja exit {code}). "
+            f"Compiling {spec.kernel} for {spec.backend} failed{where} (ninja exit {code}). "
             f"Last compiler output:\n" + "\n".join(errors[-30:]) +
             f"\nFull log: {log_path}. Nothing was published to the cache; fix the source or toolchain and retry "
             f"(JITKERNELS_VERBOSE=1 shows every compiler command).",
             log_path=log_path,
         )
+
+
+def _short(what: str) -> str:
+    """``CXX /long/staging/path/src/relu_cpu/relu.cpp`` -> ``CXX relu_cpu/relu.cpp``."""
+    verb, _, path = what.partition(" ")
+    marker = "/src/"
+    if marker in path:
+        path = path.split(marker, 1)[1]
+    elif path:
+        path = Path(path).name
+    return f"{verb} {path}".strip()[:80]

@@ -68,15 +68,22 @@ class HfSnapshot(Snapshot):
         import huggingface_hub
         from huggingface_hub import errors as hf_errors
 
+        from .. import progress
+
         try:
-            folder = huggingface_hub.snapshot_download(
-                self.ref.repo_id,
-                repo_type=self.repo_type,
-                revision=self.commit,
-                allow_patterns=patterns,
-                local_files_only=self.offline,
-                etag_timeout=config.network_timeout(),
-            )
+            # Shown only if it takes more than a second (see jitkernels.progress); replaces huggingface_hub's bars.
+            with progress.task(f"jitkernels: fetching {self.location}", total=len(self.match(patterns)),
+                               unit="file", eta_after=None, delay=1.0) as shown:
+                folder = huggingface_hub.snapshot_download(
+                    self.ref.repo_id,
+                    repo_type=self.repo_type,
+                    revision=self.commit,
+                    allow_patterns=patterns,
+                    local_files_only=self.offline,
+                    etag_timeout=config.network_timeout(),
+                    cache_dir=config.kernels_hub_cache(),  # upstream's KERNELS_CACHE, else huggingface_hub's
+                    tqdm_class=progress.hub_tqdm_class(shown),
+                )
         except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled) as exc:
             raise OfflineError(
                 f"Offline: files {patterns} of {self.location} are not in the Hugging Face cache. "
@@ -86,6 +93,11 @@ class HfSnapshot(Snapshot):
             raise FetchError(f"Downloading {patterns} from {self.location} failed: {exc}") from exc
         root = Path(folder)
         missing = [f for f in self.match(patterns) if not (root / f).exists()]
+        if missing and self.offline:  # huggingface_hub 1.x returns a cached snapshot folder without them
+            raise OfflineError(
+                f"Offline: files {missing[:5]} of {self.location} are not in the Hugging Face cache. "
+                f"Load the kernel once with network access (or `jitkernels warmup`), then retry."
+            )
         if missing:
             raise FetchError(f"Downloading from {self.location}: {missing[:5]} did not arrive. Retry the load.")
         return root
@@ -272,7 +284,8 @@ class HfKernelsProvider(Provider):
         from huggingface_hub.file_download import repo_folder_name
 
         for repo_type in self._repo_type_order(ref):
-            folder = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=ref.repo_id, repo_type=repo_type)
+            hub_cache = config.kernels_hub_cache() or constants.HF_HUB_CACHE
+            folder = Path(hub_cache) / repo_folder_name(repo_id=ref.repo_id, repo_type=repo_type)
             commit = revision if is_commit(revision) else None
             if commit is None:
                 commit = self.last_resolved(ref, revision)

@@ -20,6 +20,10 @@ functions (``huggingface_hub.repo_info``...) are bound to an ``HfApi`` built at 
 * in the current process, use ``patch_hub_client(endpoint)`` (patches the three places above),
   and pass ``cache_dir=`` or patch ``constants.HF_HUB_CACHE``, which is also read at import.
 
+As on the real Hub, ``/api/kernels/<repo>`` answers no ``siblings`` (model repos do): clients
+list a kernel repo's files with ``/tree``. Older huggingface_hub 1.x releases (1.10 to at least
+1.21) read siblings from ``repo_info`` when present and would fail on a kernel repo that sent them.
+
 Commits are deterministic 40-hex ids: sha1 over repo id, branch and the sorted (path, content)
 pairs. Files are served directly (no redirects, no LFS/Xet) with ``X-Repo-Commit``, ``ETag``
 (the git blob id) and ``Content-Length``. Errors carry the Hub's ``X-Error-Code``
@@ -282,8 +286,9 @@ class FakeHub:
             if rest == [] or (len(rest) == 2 and rest[0] == "revision"):
                 sha = self._commit(repo, rest[1] if len(rest) == 2 else "main")
                 info = {"id": repo_id, "author": segs[2], "sha": sha, "private": False, "gated": False,
-                        "disabled": False, "downloads": 0, "likes": 0, "tags": [],
-                        "siblings": [{"rfilename": p} for p in sorted(repo.commits[sha])]}
+                        "disabled": False, "downloads": 0, "likes": 0, "tags": []}
+                if segs[1] != "kernels":  # the Hub lists no siblings for kernel repos (clients use /tree)
+                    info["siblings"] = [{"rfilename": p} for p in sorted(repo.commits[sha])]
                 return _json(info)
             if rest == ["refs"]:
                 def refs(kind: str, items: dict[str, str]) -> list[dict[str, str]]:
