@@ -213,6 +213,7 @@ def report(name: str | None = None, *, provider="hf_kernels", revision=None, ver
 def kernel(name: str, *, provider="hf_kernels", revision=None, version=None, backend=None) -> dict:
     """What loading ``name`` would do here, and why (resolves and plans; never builds)."""
     from . import pipeline
+    from .inputs import python_deps
     from .bulk_warmup import error_record
     from .inspection import NATIVE_JIT, UNSUPPORTED
 
@@ -226,7 +227,7 @@ def kernel(name: str, *, provider="hf_kernels", revision=None, version=None, bac
     if inspection.strategy == UNSUPPORTED:
         return {**out, "would": "fail", "why": f"{inspection.reason}: {inspection.detail}"}
     try:
-        pipeline._check_python_depends(inspection)
+        python_deps.check(inspection)
     except JitKernelsError as exc:
         return {**out, "would": "fail", "why": str(exc)}
     if _prepared(inspection):

@@ -77,7 +77,7 @@ def obtain(recipe: Recipe) -> Path:
         with cache.staging(recipe.name) as out:
             if remote is not None and remote.fetch(recipe.name, recipe.build_key, out):
                 with cache.guard(out):
-                    _publish(out, entry, None, None)  # verified by fetch: its manifest is the remote one
+                    _publish(out, entry, None, None, fetched=True)  # its manifest is the remote one, verified
                 logger.info("jitkernels: %s came from the remote cache %s", recipe.name, remote)
                 return entry
             _check_build_allowed(recipe, entry)
@@ -120,9 +120,9 @@ def _workspace(recipe: Recipe):
         yield work
 
 
-def _publish(staged: Path, entry: Path, inspection, extra: dict | None) -> None:
-    """Manifest (unless ``inspection`` is None: already there), verify, bytecode, umask, one rename."""
-    if inspection is not None:
+def _publish(staged: Path, entry: Path, inspection, extra: dict | None, fetched: bool = False) -> None:
+    """Manifest (unless ``fetched``: it came with the files), verify, bytecode, umask, one rename."""
+    if not fetched:
         write_manifest(staged, inspection, extra)
     problem = check_entry(staged, full=True)
     if problem is not None:  # the disk lost what we just wrote
@@ -216,6 +216,7 @@ def _record(inspection, entry: Path, trust: str | None) -> dict:
         "strategy": inspection.strategy,
         "digest": inspection.digest,
         "trust": trust,
+        "kernel_depends": list(getattr(inspection, "kernel_depends", ()) or ()),
     }
 
 

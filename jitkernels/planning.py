@@ -94,7 +94,7 @@ def plan(snapshot: Snapshot, asked: str, backend: str, toolchain: insp.Toolchain
     noarch_order = [f"torch-{backend}", "torch-universal", ""]  # "": a local folder that is one variant
     for variant in noarch_order:
         if variant in variants and (variant or _is_python_only(variants[variant])):
-            return _plan_payload(snapshot, prefix, variant, base)
+            return _plan_payload(snapshot, prefix, variant, base, backend)
 
     arch = {v: fs for v, fs in variants.items() if noarch_variant_backend(v) is None}
     if not arch:
@@ -221,7 +221,7 @@ def _missing_inputs(snapshot, config, backend, root, kernels) -> list[str]:
     return missing
 
 
-def _plan_payload(snapshot, prefix, variant, base):
+def _plan_payload(snapshot, prefix, variant, base, backend):
     vroot = f"{prefix}{variant}".rstrip("/")
     files = snapshot.files
     init_here = f"{vroot}/__init__.py" if vroot else "__init__.py"

@@ -263,8 +263,9 @@ def caller_grant(repo_id: str | None, trust_remote_code) -> str | None:
 
 
 def valid_record(record) -> bool:
-    """An index record we may follow: its entry is one folder under ``entries/``, its names are identifiers."""
-    if not isinstance(record, dict):
+    """An index record the warm path may follow: its entry is one folder under ``entries/``, its names are
+    identifiers, and it needs no other kernel loaded first (``kernel-depends`` take the pipeline)."""
+    if not isinstance(record, dict) or record.get("kernel_depends"):
         return False
     entry, module, package = record.get("entry"), record.get("module"), record.get("python_name")
     if not isinstance(entry, str) or not isinstance(module, str) or not isinstance(package, str):

@@ -141,7 +141,7 @@ def _trigger(key: str, hub, tmp_path, monkeypatch):
         return _raise(lambda: load("hf", "jitkernels-examples/scaled-add", revision="main", backend="cuda"))
     if key == "python-depends":
         files = tree(EXAMPLES / "rms-norm")
-        files["build.toml"] = files["build.toml"].replace(b"[general.hub]", b'python-depends = ["not-installed-pkg"]\n\n[general.hub]')
+        files["build.toml"] = files["build.toml"].replace(b"[general.hub]", b'python-depends = ["helion"]\n\n[general.hub]')
         hub.add_repo("kernels-test/needs-a-package", {"main": files})
         return _raise(lambda: load("hf", "kernels-test/needs-a-package", revision="main", backend="cpu"))
     if key == "build-disabled":

@@ -27,13 +27,13 @@ archives by replacing entries of :data:`PINNED_TREES` (``monkeypatch.setitem``).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shutil
 from pathlib import Path
 
-from .. import cache, config
-from ..errors import BuildInputError, FetchError, JitKernelsError, OfflineError
+from .. import cache, config, entries
+from ..errors import BuildInputError, FetchError, OfflineError
+from ..warm import MANIFEST, check_entry, read_json
 from ..log import logger, warning_once
 from . import ResolvedInput, Resolver, gittree
 
@@ -66,7 +66,6 @@ PINNED_TREES = {
 }
 
 MAX_ARCHIVE_BYTES = 1 << 30
-MARKER = ".jitkernels-input.json"
 _WHEEL = "nvidia-cutlass"
 _WHEEL_ROOT = "cutlass_library/source"
 
@@ -76,7 +75,8 @@ def pinned_digest(version: str) -> str:
 
 
 def cache_folder(version: str) -> Path:
-    return cache.root() / "inputs" / "cutlass" / version
+    """The cache entry holding a verified release's ``include/`` and ``tools/util/include/``."""
+    return cache.entry_dir(f"cutlass-{version}")
 
 
 def _include_dirs(root: Path) -> tuple[str, ...]:
@@ -142,8 +142,8 @@ def _local(name: str, version: str) -> tuple[str, Path, str] | tuple[None, None,
 
 def _cached(version: str) -> Path | None:
     root = cache_folder(version)
-    marker = cache.read_json(root / MARKER)
-    if marker and marker.get("digest") == pinned_digest(version) and _has_headers(root):
+    manifest = read_json(root / MANIFEST)
+    if manifest and manifest.get("digest") == pinned_digest(version) and check_entry(root) is None:
         return root
     return None
 
@@ -242,44 +242,44 @@ def _download(url: str, target: Path, what: str) -> str:
 
 
 def download(name: str, version: str) -> Path:
-    """Download, verify and unpack CUTLASS ``version`` into the cache (once; concurrent callers wait and reuse)."""
+    """Download, verify and unpack CUTLASS ``version`` into a cache entry (once; concurrent callers wait and reuse).
+
+    The entry goes through the one lifecycle (:func:`jitkernels.entries.obtain`); links inside the
+    release (kept by the git tree check) are published as copies of what they point to, since an
+    entry holds regular files only.
+    """
     from .archive import unpack_folders
 
-    final = cache_folder(version)
     what = f"CUTLASS {version} ({name})"
-    with cache.file_lock(f"input:cutlass:{version}"):
-        if _cached(version) is not None:
-            return final
-        staging = cache.staging_dir(f"cutlass-{version}")
+    url = config.cutlass_url_template().replace("{version}", version)
+    if _cached(version) is None and check_entry(cache_folder(version)) is None:
+        entries.discard(cache_folder(version))  # made for another pin
+
+    def fill(out: Path, _work) -> dict:
+        archive = out.parent / (out.name + ".archive")
         try:
-            url = config.cutlass_url_template().replace("{version}", version)
-            archive = staging / "archive"
             sha256 = _download(url, archive, what)
-            tree = staging / "tree"
-            tree.mkdir()
-            unpack_folders(archive, FOLDERS, tree)
-            trees = tuple(gittree.tree_id(tree / f) or "-" for f in FOLDERS)
-            if trees != PINNED_TREES[version]:
-                raise BuildInputError(
-                    f"{what} from {url} does not match the pinned release: git tree ids of "
-                    f"{' and '.join(f + '/' for f in FOLDERS)} are {', '.join(trees)}, expected "
-                    f"{', '.join(PINNED_TREES[version])}. It was discarded and nothing was added to the cache. "
-                    f"A mirror (JITKERNELS_CUTLASS_URL) must serve NVIDIA's v{version} release unchanged."
-                )
-            (tree / MARKER).write_text(json.dumps(
-                {"name": name, "version": version, "digest": pinned_digest(version), "url": url,
-                 "archive_sha256": sha256}, indent=2, sort_keys=True))
-            if final.exists():  # a leftover of an older pin or a damaged folder: replaced
-                shutil.rmtree(final, ignore_errors=True)
-            cache.publish(tree, final)
-        except JitKernelsError:
-            raise
-        except OSError as exc:
-            raise cache.cache_error(staging, exc) from exc
+            unpack_folders(archive, FOLDERS, out)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    logger.info("jitkernels: %s verified (git trees %s) in %s", what, ", ".join(t[:12] for t in trees), final)
-    return final
+            archive.unlink(missing_ok=True)
+        trees = tuple(gittree.tree_id(out / f) or "-" for f in FOLDERS)
+        if trees != PINNED_TREES[version]:
+            raise BuildInputError(
+                f"{what} from {url} does not match the pinned release: git tree ids of "
+                f"{' and '.join(f + '/' for f in FOLDERS)} are {', '.join(trees)}, expected "
+                f"{', '.join(PINNED_TREES[version])}. It was discarded and nothing was added to the cache. "
+                f"A mirror (JITKERNELS_CUTLASS_URL) must serve NVIDIA's v{version} release unchanged."
+            )
+        for link in [p for p in out.rglob("*") if p.is_symlink()]:
+            target = link.resolve()
+            link.unlink()
+            shutil.copyfile(target, link)
+        logger.info("jitkernels: %s verified (git trees %s)", what, ", ".join(t[:12] for t in trees))
+        return {"name": name, "version": version, "digest": pinned_digest(version), "url": url,
+                "archive_sha256": sha256}
+
+    return entries.obtain(entries.Recipe(name=cache_folder(version).name, what=f"downloading {what}",
+                                         inspection=None, fill=fill))
 
 
 RESOLVER = CutlassResolver()
