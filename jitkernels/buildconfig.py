@@ -270,6 +270,30 @@ def _kernel_depends(reader: _Reader, key: str = "kernel-depends") -> tuple:
 
 # -- the parser -----------------------------------------------------------------
 
+#: build.toml nests tables and arrays three deep at most; far deeper input is refused before tomllib
+#: recurses into it (a RecursionError deep inside the parser can surface in unrelated places).
+MAX_NESTING = 64
+
+
+def _check_nesting(text: str, origin: str) -> None:
+    depth = deepest = 0
+    quote = None
+    for char in text:
+        if quote:
+            if char == quote:
+                quote = None
+        elif char in "\"'":
+            quote = char
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(0, depth - 1)
+    if deepest > MAX_NESTING:
+        raise BuildConfigError(f"{origin}: invalid TOML: nested more than {MAX_NESTING} levels deep. "
+                               f"Fix the file (it must be kernel-builder's build.toml).")
+
+
 def parse_build_toml(text: str | bytes, origin: str = "build.toml") -> BuildConfig:
     """Parse ``build.toml`` text. Raises :class:`BuildConfigError` with the file and key at fault."""
     if isinstance(text, bytes):
@@ -277,6 +301,7 @@ def parse_build_toml(text: str | bytes, origin: str = "build.toml") -> BuildConf
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise BuildConfigError(f"{origin}: not UTF-8 text ({exc}).") from exc
+    _check_nesting(text, origin)
     try:
         data = _toml.loads(text)
     except (_toml.TOMLDecodeError, RecursionError, ValueError) as exc:

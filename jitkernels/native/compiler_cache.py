@@ -92,7 +92,7 @@ def find_binary(tool: str) -> str | None:
     found = shutil.which(tool)
     if found:
         return found
-    for folder in {sysconfig.get_path("scripts"), os.path.dirname(sys.executable)}:
+    for folder in dict.fromkeys((sysconfig.get_path("scripts"), os.path.dirname(sys.executable))):  # in order
         candidate = os.path.join(folder, tool) if folder else ""
         if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
