@@ -200,8 +200,16 @@ def test_doctor_name_says_what_would_happen_and_why(online, capsys):
     assert k["would"] == "compile" and "compiled here once" in k["why"]
 
     assert main(["doctor", "kernels-test/cutlass-gemm", "--revision", "main", "--backend", "cuda"]) == 1
-    out = capsys.readouterr().out
-    assert "kernels-test/cutlass-gemm: would fail: unsupported-dependency: " in out
+    out = capsys.readouterr().out  # CUTLASS resolves; what is missing here is a GPU (or an arch list)
+    assert "kernels-test/cutlass-gemm: would fail: no GPU arch to build for" in out
+
+    from conftest import EXAMPLES, tree
+
+    files = tree(EXAMPLES / "scaled-add")
+    files["build.toml"] = files["build.toml"].replace(b'depends = ["torch"]\ncuda', b'depends = ["torch", "sycl_tla"]\ncuda')
+    online.add_repo("kernels-test/needs-sycl", {"main": files})
+    assert main(["doctor", "kernels-test/needs-sycl", "--revision", "main", "--backend", "cuda"]) == 1
+    assert "kernels-test/needs-sycl: would fail: unsupported-dependency: " in capsys.readouterr().out
 
     assert main(["doctor", "kernels-community/no-such-kernel", "--revision", "main", "--json"]) == 1
     k = _json(capsys)["kernel"]
