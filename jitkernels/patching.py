@@ -278,13 +278,17 @@ def _install_kernel(original, a: dict):
     return Path(module.__file__).parent
 
 
+_OFFLINE_LOCK = threading.Lock()
+
+
 def _offline_call(call):
-    """Run ``call`` as if HF_HUB_OFFLINE=1 (upstream's ``local_files_only=True``), holding the pipeline lock."""
+    """Run ``call`` as if HF_HUB_OFFLINE=1 (upstream's ``local_files_only=True``; one such call at a time).
+
+    The switch is process-wide while it runs: another thread's load meanwhile is offline too.
+    """
     import os
 
-    from . import pipeline
-
-    with pipeline._LOCK:
+    with _OFFLINE_LOCK:
         saved = os.environ.get("HF_HUB_OFFLINE")
         os.environ["HF_HUB_OFFLINE"] = "1"
         try:

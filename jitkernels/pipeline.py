@@ -33,7 +33,16 @@ from .providers.base import KernelRef, Snapshot
 from .warm import import_package, is_commit
 from .sources import LocalSnapshot, local_override
 
-_LOCK = threading.RLock()
+_LOCKS_GUARD = threading.Lock()
+_LOCKS: dict[tuple[str, str], threading.RLock] = {}
+
+
+def _kernel_lock(provider: str, repo_id: str) -> threading.RLock:
+    """One lock per kernel: threads loading the same kernel wait for one another (one module, one build);
+    threads loading different kernels (``jitkernels warmup --from``, a model's layers) run in parallel.
+    Across processes the cache's file locks do the same."""
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault((provider, repo_id), threading.RLock())
 
 def revision_for(revision: str | None, version: int | None) -> str | None:
     """``version=N`` is the branch ``vN`` (upstream's convention); both at once is an error."""
@@ -214,7 +223,7 @@ def load_kernel(provider, name: str, *, revision=None, version=None, backend=Non
     ref = prov.parse_name(name)
     rev = revision_for(revision, version)
     backend = _backend(backend)
-    with _LOCK:
+    with _kernel_lock(prov.name, ref.repo_id):
         local = local_override(ref)
         if local is not None:
             return load_snapshot(local, name, backend, module_name=module_name)

@@ -75,9 +75,8 @@ def read_json(path: Path | None) -> dict | None:
 # -- the machine ------------------------------------------------------------------------------
 
 def _torch():
-    torch = sys.modules.get("torch")
-    if torch is None:
-        import torch
+    import torch  # also waits for another thread still importing it (sys.modules alone may hold half of it)
+
     return torch
 
 
