@@ -44,9 +44,11 @@ own code propagate unchanged.
 
 The finder
 ----------
-A :pep:`451` meta-path finder installed by ``import jitkernels.hub`` (which
-every ``jitkernels.hub.*`` import goes through first), so ``import jitkernels``
-alone installs nothing. It claims only ``jitkernels.hub.<alias>`` and
+A :pep:`451` meta-path finder installed first on ``sys.meta_path`` by
+``import jitkernels.hub`` (which every ``jitkernels.hub.*`` import goes
+through first). ``import jitkernels`` only appends a bootstrap finder (see
+``jitkernels._HubBootstrap``) that serves a thread which sees
+``jitkernels.hub`` half-imported by another thread. The finder claims only ``jitkernels.hub.<alias>`` and
 ``jitkernels.hub.<alias>.<kernel>`` (and submodules reached through a
 second alias); for every other name it returns ``None`` after one
 ``str.startswith`` (see ``benchmarks/bench_import_hook.py``). Importing
