@@ -62,9 +62,12 @@ def read_targets(path: Path, backend: str | None = None) -> list[Target]:
     """The kernels a ``--from`` file names (see the module docstring); ``backend`` overrides a lock's."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise LockfileError(f"warmup --from {path}: {exc.strerror or exc}.") from exc
+    except UnicodeDecodeError as exc:
+        raise LockfileError(f"warmup --from {path}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                            f"give a kernels.lock, a jitkernels lock or a list of names.") from exc
     stripped = text.lstrip()
     if stripped.startswith("["):
         return _from_lock(path, text, backend)

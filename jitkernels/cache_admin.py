@@ -7,8 +7,10 @@ a load racing a prune either finds the whole entry or none, and rebuilds it.
 Indexes that pointed to a removed entry are harmless: a load finds the entry
 gone and takes the cold path.
 
-"Last use" is the newest access time of the entry's files, as the filesystem
-keeps it (``relatime``, the Linux default, updates it about once a day).
+"Last use" is when a load last imported the entry: the warm path refreshes the
+entry folder's mtime at most once an hour (:func:`jitkernels.warm.note_use`;
+a read-only cache keeps its publication time). A long-lived process that
+imported a kernel keeps its modules after a prune; only later loads rebuild.
 """
 
 from __future__ import annotations
@@ -45,15 +47,18 @@ class EntryInfo:
 
 
 def _size_and_last_use(folder: Path) -> tuple[int, float | None]:
-    size, last = 0, None
+    """Total size, and the last load (the folder's mtime, see :func:`jitkernels.warm.note_use`)."""
+    size = 0
     for path in folder.rglob("*"):
         try:
-            st = path.stat()
+            if path.is_file():
+                size += path.stat().st_size
         except OSError:
             continue
-        if path.is_file():
-            size += st.st_size
-            last = st.st_atime if last is None else max(last, st.st_atime)
+    try:
+        last = folder.stat().st_mtime
+    except OSError:
+        last = None
     return size, last
 
 

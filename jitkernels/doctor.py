@@ -230,6 +230,13 @@ def kernel(name: str, *, provider="hf_kernels", revision=None, version=None, bac
         python_deps.check(inspection)
     except JitKernelsError as exc:
         return {**out, "would": "fail", "why": str(exc)}
+    missing = [i for i in inspection.inputs if i.status == "missing"]
+    if missing:
+        return {**out, "would": "fail", "why": "build inputs missing: " + "; ".join(
+            f"{i.name} ({i.detail or i.origin})" for i in missing)}
+    problem = _dependency_problem(inspection, provider, backend, (inspection.repo_id,))
+    if problem:
+        return {**out, "would": "fail", "why": problem}
     if _prepared(inspection):
         return {**out, "would": "load-cached", "why": "prepared in the cache for this environment: a plain import"}
     if inspection.strategy != NATIVE_JIT:
@@ -242,6 +249,29 @@ def kernel(name: str, *, provider="hf_kernels", revision=None, version=None, bac
     return {**out, "would": "compile",
             "why": f"{inspection.detail} Not in the cache: compiled here once ({_build_tools(inspection.backend)}), "
                    f"then cached."}
+
+
+def _dependency_problem(inspection, provider, backend, chain: tuple) -> str | None:
+    """Why a ``kernel-depends`` of ``inspection`` (transitively) cannot be loaded, or None."""
+    from . import pipeline
+    from .inputs.kernels import KernelDependency
+    from .inspection import UNSUPPORTED
+
+    for text in inspection.kernel_depends:
+        dep = KernelDependency.parse(text)
+        if dep.repo_id in chain:
+            return f"kernel dependency cycle: {' -> '.join((*chain, dep.repo_id))} (kernel-depends)"
+        try:
+            sub = pipeline.inspect_kernel(provider, dep.repo_id, revision=dep.revision, version=dep.version,
+                                          backend=backend)
+        except JitKernelsError as exc:
+            return f"{inspection.repo_id} needs kernel {dep} (kernel-depends): {str(exc).splitlines()[0]}"
+        if sub.strategy == UNSUPPORTED:
+            return f"{inspection.repo_id} needs kernel {dep} (kernel-depends), which is unsupported: {sub.detail}"
+        problem = _dependency_problem(sub, provider, backend, (*chain, dep.repo_id))
+        if problem:
+            return problem
+    return None
 
 
 def _prepared(inspection) -> bool:

@@ -29,6 +29,8 @@ upstream 0.17.2 refuses every compiled variant on free-threaded Python before
 
 from __future__ import annotations
 
+import sys
+
 import base64
 import hashlib
 import json
@@ -190,5 +192,7 @@ def publish_hint(folder: Path, repo_id: str | None = None) -> str:
     """The command that publishes an export to a Hub kernel repository (never run by JitKernels)."""
     build = folder.parent
     return (f"hf upload {repo_id or '<org>/<name>'} {build} build --repo-type kernel --revision v1  "
-            f"# creates the v1 branch's build/{folder.name}/ (version=1)")
+            f"# creates the v1 branch's build/{folder.name}/ (version=1). The library is built for this "
+            f"Python only ({sys.implementation.cache_tag}) and the variant name cannot say so: publish it where "
+            f"every user runs that Python, or not on a shared branch")
 

@@ -261,6 +261,25 @@ def caller_grant(repo_id: str | None, trust_remote_code) -> str | None:
     return None
 
 
+#: ``jitkernels cache`` reads "last use" from an entry folder's mtime, refreshed at most this often.
+USE_STAMP_EVERY = 3600.0
+
+
+def note_use(entry: Path) -> None:
+    """Record that ``entry`` was loaded (its folder's mtime; one ``stat``, a ``utime`` once an hour).
+
+    Access times are no record of use (``noatime`` mounts, ``jitkernels verify`` reads every file).
+    A cache this process cannot write (read-only, another user's) is left as it is.
+    """
+    import time
+
+    try:
+        if time.time() - os.stat(entry).st_mtime > USE_STAMP_EVERY:
+            os.utime(entry)
+    except OSError:
+        pass
+
+
 def valid_record(record) -> bool:
     """An index record the warm path may follow: its entry is one folder under ``entries/``, its names are
     identifiers, and it needs no other kernel loaded first (``kernel-depends`` take the pipeline)."""
@@ -283,8 +302,10 @@ def import_entry(record: dict, module_name: str | None = None) -> ModuleType | N
     if check_entry(entry) is not None:
         return None  # the cold path reports it once, discards and rebuilds it
     try:
-        return import_package(module_name or record["module"], entry / record["python_name"],
-                              what=record.get("repo_id", record["module"]))
+        module = import_package(module_name or record["module"], entry / record["python_name"],
+                                what=record.get("repo_id", record["module"]))
+        note_use(entry)
+        return module
     except ImportError:
         if not entry.exists():
             return None  # removed meanwhile (`jitkernels cache prune`): the cold path makes it again
@@ -424,7 +445,7 @@ def parse_local_kernels(spec: str) -> dict[str, Path] | None:
 
 
 def tree_stats(root: str) -> list[list]:
-    """``[[path, size, mtime_ns], ...]`` for every file of a local kernel folder (sorted).
+    """``[[path, size, mtime_ns, ctime_ns, inode], ...]`` for every file of a local kernel folder (sorted).
 
     What a local kernel's memo is checked against: any file added, removed or touched
     anywhere in the folder means the kernel is planned, hashed and prepared again.
@@ -437,7 +458,9 @@ def tree_stats(root: str) -> list[list]:
             if name.endswith(".pyc"):
                 continue
             st = os.stat(os.path.join(dirpath, name))  # the target of a link: what the build reads
-            stats.append([name if rel == "." else f"{rel}/{name}".replace(os.sep, "/"), st.st_size, st.st_mtime_ns])
+            # ctime and inode too: copies that keep the mtime (cp -p, rsync -a, tar) still change those
+            stats.append([name if rel == "." else f"{rel}/{name}".replace(os.sep, "/"), st.st_size,
+                          st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
     return stats
 
 

@@ -111,3 +111,20 @@ def test_prune_racing_loads_never_breaks_a_load(online):
     out, err = loader.communicate()
     assert loader.returncode == 0 and "OK" in out, err[-3000:]
     assert pruned > 3
+
+
+def test_last_use_is_the_last_load_not_an_access_time(online, capsys):
+    jitkernels.load("hf", RMS, revision="main", backend="cpu")
+    commit = jitkernels.inspect("hf", RMS, revision="main", backend="cpu").revision
+    (entry,) = _entries()
+    old = time.time() - 90 * 86400
+    os.utime(entry, (old, old))
+    assert main(["verify"]) == 0  # reads every file: not a use
+    capsys.readouterr()
+    assert main(["cache", "prune", "--older-than", "30", "--dry-run"]) == 0
+    assert entry.name in capsys.readouterr().out  # unused for 90 days
+    out = subprocess.run([sys.executable, "-c", f"import jitkernels; jitkernels.load('hf', {RMS!r}, revision={commit!r}, "
+                          f"backend='cpu')"], capture_output=True, text=True, env=child_env(), timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert main(["cache", "prune", "--older-than", "30"]) == 0
+    assert entry.exists()  # loaded just now: kept

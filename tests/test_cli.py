@@ -234,3 +234,24 @@ def test_demo_json_prints_only_the_verdict_on_stdout():
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout) == {"passed": True}
     assert "rms_norm max error vs PyTorch" in out.stderr
+
+
+def test_doctor_says_a_kernel_dependency_cycle_fails(online, capsys):
+    from conftest import EXAMPLES, tree
+
+    for me, other in (("cyc-a", "cyc-b"), ("cyc-b", "cyc-a")):
+        files = tree(EXAMPLES / "rms-norm")
+        files["build.toml"] = files["build.toml"].replace(
+            b"[general.hub]", f'kernel-depends = [{{ repo-id = "kernels-test/{other}", revision = "main" }}]\n\n[general.hub]'.encode())
+        online.add_repo(f"kernels-test/{me}", {"main": files})
+    assert main(["doctor", "kernels-test/cyc-a", "--revision", "main", "--backend", "cpu"]) == 1
+    assert "would fail: kernel dependency cycle: kernels-test/cyc-a -> kernels-test/cyc-b -> kernels-test/cyc-a" \
+        in capsys.readouterr().out
+
+
+def test_warmup_from_a_file_that_is_not_text_is_a_clear_json_error(tmp_path, capsys):
+    bad = tmp_path / "bad.lock"
+    bad.write_bytes(b"\xff\xfe garbage\n")
+    assert main(["warmup", "--from", str(bad), "--json"]) == 1
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["type"] == "LockfileError" and "not UTF-8" in error["message"]

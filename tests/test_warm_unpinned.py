@@ -6,6 +6,7 @@ Each runs in a fresh process and checks what a warm load must not do: import the
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -70,3 +71,18 @@ def test_offline_unpinned_hub_load_uses_the_last_resolved_commit_without_the_hub
     hook = "import torch\nfrom jitkernels.hub.hf import jitkernels_examples__rms_norm as m\n" + REPORT.format(heavy=HEAVY)
     name, heavy = _child(hook, HF_HUB_OFFLINE="1")
     assert name == "jitkernels.hub.hf.jitkernels_examples__rms_norm" and heavy.strip() == "[]"
+
+
+def test_a_same_size_edit_that_keeps_the_mtime_is_still_seen(tmp_path):
+    """cp -p, rsync -a and tar keep the mtime; the memo also compares ctime and inode."""
+    folder = tmp_path / "rms-norm"
+    shutil.copytree(EXAMPLES / "rms-norm", folder)
+    init = folder / "torch-ext" / "rms_norm" / "__init__.py"
+    init.write_text(init.read_text() + "MARK = 1\n")
+    code = f"import torch, jitkernels\nprint(jitkernels.load_local({str(folder)!r}, backend='cpu').MARK)\n"
+    for _ in range(2):  # cold, then warm from the memo
+        assert _child(code)[0].strip() == "1"
+    stat = init.stat()
+    init.write_text(init.read_text().replace("MARK = 1", "MARK = 2"))
+    os.utime(init, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same mtime
+    assert _child(code)[0].strip() == "2"
