@@ -91,13 +91,11 @@ def load(provider, name: str, *, revision: str | None = None, version: int | Non
     (``cuda`` if a GPU is visible, else ``cpu``). Python kernels are imported
     from source, native ones compiled on first use and cached.
     """
-    from . import config, warm  # a prepared kernel that needs no resolution: one index read, one import
+    from . import warm  # a prepared kernel that needs no resolution: one index read, one import
 
-    if config.lockfile() is None and (version is None or revision is None):
-        asked = f"v{version}" if type(version) is int and version >= 0 else revision
-        module = warm.try_load(provider, name, asked, backend, trust_remote_code=trust_remote_code)
-        if module is not None:
-            return module
+    module = warm.try_load(provider, name, revision, backend, trust_remote_code=trust_remote_code, version=version)
+    if module is not None:
+        return module
     from .pipeline import load_kernel
 
     return load_kernel(provider, name, revision=revision, version=version, backend=backend,

@@ -385,16 +385,21 @@ def _backend_or_memo(backend: str | None) -> str | None:
 
 
 def try_load(provider, name: str, revision: str | None, backend: str | None,
-             module_name: str | None = None, trust_remote_code=False) -> ModuleType | None:
+             module_name: str | None = None, trust_remote_code=False, version: int | None = None) -> ModuleType | None:
     """The module for a kernel already prepared here, without resolving anything; else None.
 
     Served here: a pinned commit; a kernel of ``LOCAL_KERNELS`` whose files did not change
     since it was prepared (:func:`try_load_local`); offline (``HF_HUB_OFFLINE=1``), a
     branch, tag, ``vN`` or the default revision, as the commit it resolved to last time.
-    Everything else (an online unpinned load must ask the Hub) is the pipeline's.
+    Everything else (an online unpinned load must ask the Hub; a lock file must be checked; a bad
+    ``revision``/``version`` pair must be reported) is the pipeline's.
     """
-    if not isinstance(name, str) or not isinstance(revision, (str, type(None))):
+    if config.lockfile() is not None or not isinstance(name, str) or not isinstance(revision, (str, type(None))):
         return None
+    if version is not None:
+        if revision is not None or type(version) is not int or version < 0:
+            return None
+        revision = f"v{version}"  # upstream's convention, as the pipeline's revision_for
     provider = config.BUILTIN_PROVIDER_ALIASES.get(str(getattr(provider, "value", provider)).lower())
     if provider is None:
         return None  # a registered provider of its own: the pipeline knows it

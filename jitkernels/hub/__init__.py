@@ -304,15 +304,11 @@ class _KernelLoader(importlib.abc.Loader):
 
 
 def _warm(provider: str, name: str, fullname: str, kwargs: dict):
-    """The warm path (:func:`jitkernels.warm.try_load`) for an import, unless a lock file must be checked."""
-    from .. import config, warm
+    """The warm path (:func:`jitkernels.warm.try_load`) for an import."""
+    from .. import warm
 
-    if config.lockfile() is not None:
-        return None
-    version = kwargs.get("version")
-    revision = f"v{version}" if type(version) is int else kwargs.get("revision")
-    return warm.try_load(provider, name, revision, kwargs.get("backend"), module_name=fullname,
-                         trust_remote_code=kwargs.get("trust_remote_code", False))
+    return warm.try_load(provider, name, kwargs.get("revision"), kwargs.get("backend"), module_name=fullname,
+                         trust_remote_code=kwargs.get("trust_remote_code", False), version=kwargs.get("version"))
 
 
 def _describe(p: Pin) -> str:
