@@ -175,16 +175,127 @@ def test_hostile_archive_members_are_refused_and_nothing_is_unpacked(tmp_path, m
     assert not (tmp_path / "escape.h").exists()
 
 
-def test_a_link_inside_the_folder_is_kept(tmp_path, monkeypatch, no_wheel):
+def test_a_link_inside_the_unpacked_folders_is_refused(tmp_path, monkeypatch, no_wheel):
+    """CUTLASS's include trees hold no link at any pinned release: a link there is refused, not followed."""
     tree = write_tree(tmp_path / "src")
     (tree / "include/cutlass/alias.h").symlink_to("cutlass.h")
     monkeypatch.setitem(cutlass.PINNED_TREES, VERSION, trees_of(tree))
     with ArchiveServer({"/c.tar.gz": release_archive(tree)}) as server:
         monkeypatch.setenv("JITKERNELS_CUTLASS_URL", server.url + "/c.tar.gz")
-        got = inputs.resolve_build_inputs(["cutlass_3_8"], "cuda")[0]
-    alias = cutlass.cache_folder(VERSION) / "include/cutlass/alias.h"
-    assert alias.read_text() == (tree / "include/cutlass/cutlass.h").read_text()  # published as a copy
-    assert got.digest == "+".join(trees_of(tree))
+        with pytest.raises(BuildInputError, match=r"member 'cutlass-3\.8\.0/include/cutlass/alias\.h' is a symbolic link"):
+            inputs.resolve_build_inputs(["cutlass_3_8"], "cuda")
+    assert _cache_leftovers() == {"inputs": [], "staging": []}
+
+
+def _serve_and_resolve(tmp_path, monkeypatch, extra, pin_tree=True):
+    """Serve a release archive with ``extra`` members from 127.0.0.1 and resolve cutlass_3_8 from it."""
+    tree = write_tree(tmp_path / "src")
+    if pin_tree:
+        monkeypatch.setitem(cutlass.PINNED_TREES, VERSION, trees_of(tree))
+    with ArchiveServer({"/c.tar.gz": release_archive(tree, extra=extra)}) as server:
+        monkeypatch.setenv("JITKERNELS_CUTLASS_URL", server.url + "/c.tar.gz")
+        with pytest.raises(BuildInputError) as err:
+            inputs.resolve_build_inputs(["cutlass_3_8"], "cuda")
+    return str(err.value)
+
+
+def _up_and_over(target, hops):
+    """A link text that stays inside the archive if read as text, but leaves it once ``b -> .`` is followed."""
+    return "/".join(["b"] * hops + [".."] * hops) + "/" + str(target).lstrip("/")
+
+
+def test_a_chain_of_links_cannot_write_outside_the_staging_folder(tmp_path, monkeypatch, no_wheel):
+    """The outside attack: ``include/b -> .``, ``include/a -> b/b/../..<folder>``, then ``include/a/pwned.h``."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    hops = len(jitkernels.config.cache_dir().parts) + 6  # more than the depth of any staging folder
+    top = f"cutlass-{VERSION}/include"
+    message = _serve_and_resolve(tmp_path, monkeypatch, [
+        (f"{top}/b", b"", {"type": tarfile.SYMTYPE, "linkname": "."}),
+        (f"{top}/a", b"", {"type": tarfile.SYMTYPE, "linkname": _up_and_over(victim, hops)}),
+        (f"{top}/a/pwned.h", b"pwned", {}),
+    ])
+    assert "is a symbolic link inside include/" in message
+    assert list(victim.iterdir()) == []
+    assert _cache_leftovers() == {"inputs": [], "staging": []}
+
+
+def test_a_link_then_a_file_of_the_same_name_cannot_overwrite_a_users_file(tmp_path, monkeypatch, no_wheel):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    hops = len(jitkernels.config.cache_dir().parts) + 6
+    top = f"cutlass-{VERSION}/include"
+    message = _serve_and_resolve(tmp_path, monkeypatch, [
+        (f"{top}/b", b"", {"type": tarfile.SYMTYPE, "linkname": "."}),
+        (f"{top}/c", b"", {"type": tarfile.SYMTYPE, "linkname": _up_and_over(victim, hops)}),
+        (f"{top}/c", b"overwritten", {}),
+    ])
+    assert "is a symbolic link inside include/" in message
+    assert victim.read_text() == "mine"
+    assert _cache_leftovers() == {"inputs": [], "staging": []}
+
+
+ODD = [
+    # a hard link whose target is not in the archive (was a KeyError traceback)
+    ([("cutlass-3.8.0/include/cutlass/h.h", b"", {"type": tarfile.LNKTYPE, "linkname": "cutlass-3.8.0/nowhere.h"})],
+     "is a hard link inside include/"),
+    # the same link twice, and a link and a file of one name (were "Free some space or fix its permissions")
+    ([("cutlass-3.8.0/include/cutlass/l.h", b"", {"type": tarfile.SYMTYPE, "linkname": "cutlass.h"})] * 2,
+     "is a symbolic link inside include/"),
+    ([("cutlass-3.8.0/include/cutlass/cutlass.h", b"again", {})], "appears twice in the archive (as a file and as a file)"),
+    ([("cutlass-3.8.0/include/cutlass/cutlass.h/x.h", b"x", {})], "lies below 'include/cutlass/cutlass.h', which the archive makes a file"),
+]
+
+
+@pytest.mark.parametrize("extra, why", ODD, ids=["dangling-hardlink", "duplicate-links", "duplicate-files", "below-a-file"])
+def test_odd_archive_members_are_named_for_what_they_are(tmp_path, monkeypatch, no_wheel, extra, why):
+    message = _serve_and_resolve(tmp_path, monkeypatch, extra)
+    assert why in message and "Free some space" not in message
+    assert _cache_leftovers() == {"inputs": [], "staging": []}
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_without_reading_it(tmp_path, no_wheel):
+    """A 320 MiB member of zeros (a ~300 KiB download): refused before its data is read, never held in memory."""
+    tree = write_tree(tmp_path / "src")
+
+    class Zeros:
+        def __init__(self, size):
+            self.left = size
+
+        def read(self, n=-1):
+            n = self.left if n is None or n < 0 else min(n, self.left)
+            self.left -= n
+            return bytes(n)
+
+    info = tarfile.TarInfo(f"cutlass-{VERSION}/include/cutlass/huge.h")
+    info.size = 320 << 20
+    archive = tmp_path / "bomb.tar.gz"
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+        tar.addfile(info, Zeros(info.size))
+        for path in sorted(tree.rglob("*")):
+            tar.add(path, f"cutlass-{VERSION}/{path.relative_to(tree).as_posix()}", recursive=False)
+    assert archive.stat().st_size < 2 << 20
+    script = (
+        "import resource, sys\n"
+        "from jitkernels import inputs\n"
+        "from jitkernels.inputs import cutlass\n"
+        "cutlass._wheel_root = lambda version: (None, '')\n"
+        "try:\n"
+        "    inputs.resolve_build_inputs(['cutlass_3_8'], 'cuda')\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+        "print('maxrss_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    from conftest import child_env
+
+    with ArchiveServer({"/bomb.tar.gz": archive.read_bytes()}) as server:
+        env = child_env(JITKERNELS_CUTLASS_URL=server.url + "/bomb.tar.gz")
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert "BuildInputError" in out.stdout and "beyond 64 MiB for one file (a decompression bomb?)" in out.stdout, out.stdout + out.stderr
+    rss_mib = int(out.stdout.rsplit("maxrss_kib", 1)[1]) >> 10
+    assert rss_mib < 200, f"peak RSS {rss_mib} MiB while refusing a 320 MiB member"
+    staging = jitkernels.config.cache_dir() / "staging"
+    assert not staging.exists() or os.listdir(staging) == []
 
 
 # -- CUTLASS: folder overrides and the wheel ------------------------------------

@@ -1,28 +1,50 @@
 """Unpack chosen folders of a downloaded source archive (tar, any compression, or zip), refusing hostile members.
 
-Every member of the archive is checked, also those that are not unpacked: a
-member with an absolute path, a ``..`` component, a NUL or backslash, a
-device or FIFO, or a link whose target leaves the archive's folder makes the
-whole archive refused (:class:`~jitkernels.errors.BuildInputError`). Release
-archives carry one top folder (``cutlass-3.8.0/``); ``git archive`` output
-has none; both are accepted. Sizes are capped so a hostile archive cannot
-fill the disk.
+The rules, for every archive the project unpacks:
+
+- every member is checked, also those that are not unpacked: an absolute
+  path, a ``..`` component, a NUL or backslash, a device or FIFO, or a link
+  whose target leaves the archive's folder refuses the whole archive;
+- nothing is ever written through a link: the unpacked folders may hold no
+  link at all (symbolic or hard; CUTLASS's ``include/`` and
+  ``tools/util/include/`` hold none at any pinned release, nor does the rest
+  of its repository), no member may sit below a member that is a file, and
+  no name may appear twice; files are created with ``O_EXCL | O_NOFOLLOW``
+  inside a folder this process just made, so only that folder is written;
+- sizes are checked from the headers before any data is read (one member,
+  the unpacked total, the whole archive) and again while the data streams to
+  disk in chunks, so a decompression bomb is refused early and never held in
+  memory.
+
+Release archives carry one top folder (``cutlass-3.8.0/``); ``git archive``
+output has none; both are accepted. Every refusal is a
+:class:`~jitkernels.errors.BuildInputError` that names the member and what is
+wrong with it.
 """
 
 from __future__ import annotations
 
+import gzip
+import lzma
 import os
 import posixpath
 import stat
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BuildInputError
 
 MAX_MEMBERS = 200_000
-MAX_UNPACKED_BYTES = 4 << 30
+#: One unpacked file. CUTLASS's largest header (``mma_sm90_gmma_sparse_ext.hpp``) is 2.9 MB.
+MAX_FILE_BYTES = 64 << 20
+#: All unpacked files together. CUTLASS's two include folders hold at most 28 MB (v4.5.2).
+MAX_UNPACKED_BYTES = 512 << 20
+#: Every member of the archive, unpacked or not. A whole CUTLASS release is at most 150 MB (v4.5.2).
+MAX_CONTENT_BYTES = 2 << 30
+_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -53,24 +75,37 @@ def _normalise(archive: Path, raw: str) -> str:
     return "/".join(parts)
 
 
-def _link_inside(name: str, target: str, symbolic: bool) -> str | None:
-    """The archive path a link resolves to, or None if it leaves the archive."""
-    if target.startswith("/") or "\x00" in target or "\\" in target:
-        return None
+def _link_inside(name: str, target: str, symbolic: bool) -> bool:
+    """Whether a link's text stays inside the archive (links are never unpacked; this only refuses odd ones)."""
+    if not target or target.startswith("/") or "\x00" in target or "\\" in target:
+        return False
     joined = posixpath.join(posixpath.dirname(name), target) if symbolic else target
     resolved = posixpath.normpath(joined)
-    if resolved == ".." or resolved.startswith("../") or resolved.startswith("/"):
-        return None
-    return resolved
+    return not (resolved == ".." or resolved.startswith("../") or resolved.startswith("/"))
+
+
+class _Sizes:
+    """Running totals, checked from the headers before anything is read."""
+
+    def __init__(self, archive: Path):
+        self.archive, self.members, self.content = archive, 0, 0
+
+    def add(self, raw_name: str, size: int) -> None:
+        self.members += 1
+        self.content += max(size, 0)
+        if self.members > MAX_MEMBERS:
+            raise _refuse(self.archive, raw_name, f"is beyond {MAX_MEMBERS} members")
+        if self.content > MAX_CONTENT_BYTES:
+            raise _refuse(self.archive, raw_name,
+                          f"takes the archive's content beyond {MAX_CONTENT_BYTES >> 30} GiB (a decompression bomb?)")
 
 
 def _tar_members(archive: Path, tar: tarfile.TarFile) -> list[_Member]:
-    members = []
+    members, sizes = [], _Sizes(archive)
     for info in tar:
-        if len(members) >= MAX_MEMBERS:
-            raise _refuse(archive, info.name, f"is beyond {MAX_MEMBERS} members")
         if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK):
             continue
+        sizes.add(info.name, info.size if info.isreg() else 0)
         name = _normalise(archive, info.name)
         if info.isdir():
             kind = "dir"
@@ -84,37 +119,30 @@ def _tar_members(archive: Path, tar: tarfile.TarFile) -> list[_Member]:
             raise _refuse(archive, info.name, "is a device, FIFO or other special file")
         link = None
         if kind in ("symlink", "hardlink"):
-            target = info.linkname
-            if kind == "hardlink":
-                target = _normalise(archive, target)
-            if _link_inside(name, target, kind == "symlink") is None:
+            link = info.linkname if kind == "symlink" else _normalise(archive, info.linkname)
+            if not _link_inside(name, link, kind == "symlink"):
                 raise _refuse(archive, info.name, f"is a link to {info.linkname!r}, outside the archive's folder")
-            link = target
         if name:
             members.append(_Member(name, kind, info.mode, info.size, link, info))
     return members
 
 
 def _zip_members(archive: Path, zf: zipfile.ZipFile) -> list[_Member]:
-    members = []
+    members, sizes = [], _Sizes(archive)
     for info in zf.infolist():
-        if len(members) >= MAX_MEMBERS:
-            raise _refuse(archive, info.filename, f"is beyond {MAX_MEMBERS} members")
+        sizes.add(info.filename, info.file_size)
         name = _normalise(archive, info.filename)
         mode = info.external_attr >> 16
         if info.is_dir():
-            kind, link = "dir", None
+            kind = "dir"
         elif stat.S_ISLNK(mode):
-            target = zf.read(info).decode("utf-8", "replace")
-            if _link_inside(name, target, True) is None:
-                raise _refuse(archive, info.filename, f"is a link to {target!r}, outside the archive's folder")
-            kind, link = "symlink", target
+            kind = "symlink"  # its target is never read: links are not unpacked
         elif mode and not stat.S_ISREG(mode):
             raise _refuse(archive, info.filename, "is a device, FIFO or other special file")
         else:
-            kind, link = "file", None
+            kind = "file"
         if name:
-            members.append(_Member(name, kind, mode & 0o777, info.file_size, link, info))
+            members.append(_Member(name, kind, mode & 0o777, info.file_size, None, info))
     return members
 
 
@@ -128,57 +156,100 @@ def _top_folder(members: list[_Member], wanted: tuple[str, ...]) -> str:
     return ""
 
 
+def _plan(archive: Path, members: list[_Member], folders: tuple[str, ...]) -> list[tuple[str, str, _Member]]:
+    """``(path inside dest, folder, member)`` for every member to unpack, after every check that needs no data."""
+    top = _top_folder(members, folders)
+    chosen: list[tuple[str, str, _Member]] = []
+    kinds: dict[str, str] = {}
+    total = 0
+    for member in members:
+        inner = member.name[len(top):] if top and member.name.startswith(top) else ("" if top else member.name)
+        folder = next((f for f in folders if inner == f or inner.startswith(f + "/")), None)
+        if folder is None:
+            continue
+        if member.kind in ("symlink", "hardlink"):
+            raise _refuse(archive, member.name, f"is a {'symbolic' if member.kind == 'symlink' else 'hard'} link "
+                          f"inside {folder}/, which a release's headers never hold (a link could lead the "
+                          f"unpacking out of its folder)")
+        before = kinds.get(inner)
+        if before is not None and (before, member.kind) != ("dir", "dir"):
+            raise _refuse(archive, member.name, f"appears twice in the archive (as a {before} and as a {member.kind})")
+        kinds[inner] = member.kind
+        if member.kind == "file":
+            if member.size > MAX_FILE_BYTES:
+                raise _refuse(archive, member.name, f"is {member.size} bytes, beyond {MAX_FILE_BYTES >> 20} MiB for "
+                              f"one file (a decompression bomb?)")
+            total += member.size
+            if total > MAX_UNPACKED_BYTES:
+                raise _refuse(archive, member.name,
+                              f"takes the unpacked size beyond {MAX_UNPACKED_BYTES >> 20} MiB (a decompression bomb?)")
+        chosen.append((inner, folder, member))
+    for inner, _folder, member in chosen:
+        parent = posixpath.dirname(inner)
+        while parent:
+            if kinds.get(parent, "dir") != "dir":
+                raise _refuse(archive, member.name, f"lies below {parent!r}, which the archive makes a file")
+            parent = posixpath.dirname(parent)
+    return chosen
+
+
 def unpack_folders(archive: Path, folders: tuple[str, ...], dest: Path) -> dict[str, int]:
     """Unpack ``folders`` (e.g. ``include``, ``tools/util/include``) of ``archive`` into ``dest``.
 
-    Returns ``{folder: files unpacked}``. Links inside the archive are kept
-    only when they point inside the folder they are unpacked into.
+    ``dest`` must be an empty folder made for this (a staging folder). Returns ``{folder: files unpacked}``.
     """
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
-                return _unpack(archive, _zip_members(archive, zf), folders, dest, lambda m: zf.read(m.handle))
+                chosen = _plan(archive, _zip_members(archive, zf), folders)
+                return _unpack(archive, chosen, folders, dest, lambda m: zf.open(m.handle))
         with tarfile.open(archive, "r:*") as tar:
-            members = _tar_members(archive, tar)
+            chosen = _plan(archive, _tar_members(archive, tar), folders)
 
-            def read(member: _Member) -> bytes:
+            def open_member(member: _Member):
                 handle = tar.extractfile(member.handle)
                 if handle is None:
                     raise _refuse(archive, member.name, "has no data")
-                return handle.read()
+                return handle
 
-            return _unpack(archive, members, folders, dest, read)
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as exc:
-        raise BuildInputError(f"{archive} is not a readable tar or zip archive ({exc}).") from exc
+            return _unpack(archive, chosen, folders, dest, open_member)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile,
+            KeyError) as exc:
+        raise BuildInputError(f"{archive} is not a readable tar or zip archive ({type(exc).__name__}: {exc}). "
+                              f"Nothing was unpacked.") from exc
 
 
-def _unpack(archive: Path, members: list[_Member], folders: tuple[str, ...], dest: Path, read) -> dict[str, int]:
-    top = _top_folder(members, folders)
+def _unpack(archive: Path, chosen, folders: tuple[str, ...], dest: Path, open_member) -> dict[str, int]:
     counts = {folder: 0 for folder in folders}
-    total = 0
-    for member in members:
-        inner = member.name[len(top):] if top else member.name
-        folder = next((f for f in folders if inner == f or inner.startswith(f + "/")), None)
-        if folder is None:
-            continue
+    for inner, folder, member in chosen:
         target = dest / inner
         if member.kind == "dir":
-            target.mkdir(parents=True, exist_ok=True)
+            _make_dirs(dest, inner)
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if member.kind == "symlink":
-            resolved = _link_inside(member.name, member.link or "", True)
-            if resolved is None or not (resolved + "/").startswith(top + folder + "/"):
-                raise _refuse(archive, member.name, f"is a link to {member.link!r}, outside {folder}/")
-            os.symlink(member.link, target)
-        else:
-            total += member.size
-            if total > MAX_UNPACKED_BYTES:
-                raise _refuse(archive, member.name, f"takes the unpacked size beyond {MAX_UNPACKED_BYTES >> 30} GiB")
-            data = read(member)
-            target.write_bytes(data)  # created with the umask's permissions
-            if member.mode & stat.S_IXUSR:  # git keeps the owner's execute bit (mode 100755): so do we
-                current = os.stat(target).st_mode
-                os.chmod(target, current | ((current & 0o444) >> 2))
+        _make_dirs(dest, posixpath.dirname(inner))
+        executable = bool(member.mode & stat.S_IXUSR)  # git keeps the owner's execute bit (mode 100755): so do we
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o777 if executable else 0o666)  # the umask applies, as for any created file
+        with os.fdopen(fd, "wb") as out, open_member(member) as data:
+            written = 0
+            for chunk in iter(lambda: data.read(_CHUNK), b""):
+                written += len(chunk)
+                if written > member.size:
+                    raise _refuse(archive, member.name, f"holds more data than the {member.size} bytes it declares")
+                out.write(chunk)
+        if written != member.size:
+            raise _refuse(archive, member.name, f"holds {written} bytes, not the {member.size} it declares")
         counts[folder] += 1
     return counts
+
+
+def _make_dirs(dest: Path, inner: str) -> None:
+    """``mkdir -p dest/inner``, one component at a time, never through a link (only this unpacking writes there)."""
+    path = dest
+    for part in [p for p in inner.split("/") if p]:
+        path = path / part
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                raise BuildInputError(f"Unpacking into {dest}: {path} exists and is not a folder. Nothing was published.")

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 from pathlib import Path
 
 from .. import cache, config, entries
@@ -244,9 +243,9 @@ def _download(url: str, target: Path, what: str) -> str:
 def download(name: str, version: str) -> Path:
     """Download, verify and unpack CUTLASS ``version`` into a cache entry (once; concurrent callers wait and reuse).
 
-    The entry goes through the one lifecycle (:func:`jitkernels.entries.obtain`); links inside the
-    release (kept by the git tree check) are published as copies of what they point to, since an
-    entry holds regular files only.
+    The entry goes through the one lifecycle (:func:`jitkernels.entries.obtain`); the archive is
+    downloaded into a private staging folder of its own and unpacked by
+    :func:`~jitkernels.inputs.archive.unpack_folders`, which writes into the entry's staging folder only.
     """
     from .archive import unpack_folders
 
@@ -256,12 +255,10 @@ def download(name: str, version: str) -> Path:
         entries.discard(cache_folder(version))  # made for another pin
 
     def fill(out: Path, _work) -> dict:
-        archive = out.parent / (out.name + ".archive")
-        try:
+        with cache.staging(f"cutlass-{version}.download") as downloads:
+            archive = downloads / f"cutlass-{version}.archive"
             sha256 = _download(url, archive, what)
             unpack_folders(archive, FOLDERS, out)
-        finally:
-            archive.unlink(missing_ok=True)
         trees = tuple(gittree.tree_id(out / f) or "-" for f in FOLDERS)
         if trees != PINNED_TREES[version]:
             raise BuildInputError(
@@ -270,10 +267,6 @@ def download(name: str, version: str) -> Path:
                 f"{', '.join(PINNED_TREES[version])}. It was discarded and nothing was added to the cache. "
                 f"A mirror (JITKERNELS_CUTLASS_URL) must serve NVIDIA's v{version} release unchanged."
             )
-        for link in [p for p in out.rglob("*") if p.is_symlink()]:
-            target = link.resolve()
-            link.unlink()
-            shutil.copyfile(target, link)
         logger.info("jitkernels: %s verified (git trees %s)", what, ", ".join(t[:12] for t in trees))
         return {"name": name, "version": version, "digest": pinned_digest(version), "url": url,
                 "archive_sha256": sha256}
