@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import jitkernels
-from jitkernels.cli import main
+from jitkernels.cli.main import main
 
 from conftest import child_env
 
@@ -71,7 +71,7 @@ def test_prune_and_clear_never_remove_an_entry_whose_lock_is_held(online, capsys
     (entry,) = _entries()
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
-        from jitkernels import locks
+        from jitkernels.cache import locks
         with locks.hold("entry:{entry.name}", what="replacing it"):
             print("HELD", flush=True)
             time.sleep(60)
@@ -94,9 +94,9 @@ def test_prune_racing_loads_never_breaks_a_load(online):
     commit = jitkernels.inspect("hf", RMS, revision="main", backend="cpu").revision
     loader = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, torch, jitkernels
-        from jitkernels import warm
+        from jitkernels import importer, warm
         for i in range(40):
-            warm.LOADED.clear(); warm._BY_PACKAGE.clear()
+            warm.LOADED.clear(); importer._BY_PACKAGE.clear()
             for n in [n for n in sys.modules if n.startswith("_rms_norm")]:
                 del sys.modules[n]
             k = jitkernels.load("hf", {RMS!r}, revision={commit!r}, backend="cpu")

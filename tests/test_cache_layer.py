@@ -123,15 +123,15 @@ def test_threads_importing_through_two_aliases_get_the_one_module():
 # -- 3. staging folders of live builders elsewhere are never swept --------------------------------------
 
 def test_sweep_keeps_a_staging_folder_whose_owner_lives_in_another_pid_namespace():
-    from jitkernels import cache
+    from jitkernels.cache import workspaces as cache
 
     # A builder whose pid means nothing here (another container's PID namespace): pid 999999 is dead here.
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent("""
             import os, sys, time
             os.getpid = lambda: 999999
-            from jitkernels import cache
-            with cache.staging("elsewhere") as folder:
+            from jitkernels.cache import workspaces
+            with workspaces.staging("elsewhere") as folder:
                 (folder / "obj.o").write_text("half a build")
                 print(folder, flush=True)
                 time.sleep(60)
@@ -155,7 +155,7 @@ def test_sweep_keeps_a_staging_folder_whose_owner_lives_in_another_pid_namespace
 def _hold_lock_and_stop(key: str, heartbeat_seconds: float | None = None) -> subprocess.Popen:
     code = f"""
         import os, signal, sys, time
-        from jitkernels import locks
+        from jitkernels.cache import locks
         with locks.hold({key!r}, what="a test holder"):
             print("HELD", flush=True)
             if {heartbeat_seconds!r} is None:
@@ -225,7 +225,7 @@ def test_read_only_cache_without_the_kernel_is_a_cache_error(online):
     """, HF_ENDPOINT=online.endpoint)
     assert "CacheError:" in out.stdout and "JITKERNELS_CACHE" in out.stdout, out.stdout + out.stderr[-2000:]
     assert str(cache) in out.stdout
-    cli = _read_only(cache, "from jitkernels.cli import main; raise SystemExit(main(['warmup', "
+    cli = _read_only(cache, "from jitkernels.cli.main import main; raise SystemExit(main(['warmup', "
                             "'kernels-test/rms-norm-universal', '--revision', 'main', '--backend', 'cpu']))",
                      HF_ENDPOINT=online.endpoint)
     assert cli.returncode == 1 and "Traceback" not in cli.stderr, cli.stderr[-2000:]
@@ -261,7 +261,7 @@ def test_deeply_nested_build_toml_is_a_build_config_error_everywhere(online):
     with pytest.raises(BuildConfigError):
         jitkernels.load("hf", repo, revision="main", backend="cpu")
     assert jitkernels.has("hf", repo, revision="main", backend="cpu") is False
-    from jitkernels.cli import main
+    from jitkernels.cli.main import main
 
     assert main(["inspect", repo, "--revision", "main", "--backend", "cpu"]) == 1
 
@@ -279,8 +279,8 @@ def test_payload_package_names_are_validated(online, package):
 
 @pytest.mark.parametrize("manifest", ['{"files": []}', "null", '{"files": {"a": "x"}}', "[1]"])
 def test_wrong_shaped_manifest_is_damage_rebuilt_and_reported_once(online, manifest):
-    from jitkernels.cli import main
-    from jitkernels.warm import check_entry
+    from jitkernels.cli.main import main
+    from jitkernels.cache.manifest import check_entry
 
     jitkernels.load("hf", "kernels-test/rms-norm-universal", revision="main", backend="cpu")
     commit = jitkernels.inspect("hf", "kernels-test/rms-norm-universal", revision="main", backend="cpu").revision
@@ -298,8 +298,8 @@ def test_wrong_shaped_manifest_is_damage_rebuilt_and_reported_once(online, manif
 # -- 8. the build key covers the compiler and torch's build ----------------------------------------------------
 
 def test_build_key_covers_compiler_and_torch_local_version(monkeypatch):
-    from jitkernels.native import spec as spec_mod
-    from jitkernels.buildconfig import parse_build_toml
+    from jitkernels.build.native import spec as spec_mod
+    from jitkernels.plan.buildconfig import parse_build_toml
 
     config = parse_build_toml((EXAMPLES / "scaled-add" / "build.toml").read_text(), "build.toml")
 
@@ -347,7 +347,7 @@ def test_lock_pin_and_manifest_files_are_written_atomically(online, tmp_path, mo
     import builtins
     import io
 
-    from jitkernels.cli import main
+    from jitkernels.cli.main import main
 
     lock = tmp_path / "jitkernels.lock"
     lock.write_text("[]\n")
@@ -440,8 +440,8 @@ def test_a_forged_or_damaged_index_is_ignored_never_followed(online, damage, tmp
 
 @pytest.mark.parametrize("files", [{"a\u0000b": 1}, {"rms_norm": 4096}, {"link": 0}])
 def test_manifest_listing_odd_files_is_damage_for_loads_and_verify(online, files):
-    from jitkernels.cli import main
-    from jitkernels.warm import check_entry
+    from jitkernels.cli.main import main
+    from jitkernels.cache.manifest import check_entry
 
     jitkernels.load("hf", "kernels-test/rms-norm-universal", revision="main", backend="cpu")
     (entry,) = _entries("_rms_norm_cpu_")
@@ -461,7 +461,7 @@ def test_a_hung_holder_whose_build_log_stopped_growing_times_out(online, monkeyp
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from jitkernels import locks
+        from jitkernels.cache import locks
         with locks.hold("entry:{name}", what="building it", log=Path({str(log)!r})):
             Path({str(log)!r}).write_text("[1/3] CXX a.cpp\\n")
             print("HELD", flush=True)

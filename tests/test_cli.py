@@ -10,8 +10,8 @@ import time
 
 
 import jitkernels
-from jitkernels import bulk_warmup
-from jitkernels.cli import COMMANDS, build_parser, main
+from jitkernels import batch as bulk_warmup
+from jitkernels.cli.main import COMMANDS, build_parser, main
 
 from conftest import child_env
 
@@ -217,14 +217,16 @@ def test_doctor_name_says_what_would_happen_and_why(online, capsys):
 
 
 def test_doctor_reads_gpus_from_the_memo_without_detecting(monkeypatch):
-    from jitkernels import cache, doctor, environment, warm
+    from jitkernels import machine
+    from jitkernels.cache.files import write_json
+    from jitkernels.cli import doctor
 
     def no_detection():
         raise AssertionError("doctor asked the GPUs although the per-boot memo knows them")
 
-    monkeypatch.setattr(warm, "static_backend", lambda torch: None)  # as a CUDA build of torch
-    monkeypatch.setattr(environment, "_detect_gpus", no_detection)
-    cache.write_json(warm.machine_memo_file(), {"backend": "cuda", "archs": ["9.0"]})
+    monkeypatch.setattr(machine, "static_backend", lambda torch: None)  # as a CUDA build of torch
+    monkeypatch.setattr(machine, "_detect_gpus", no_detection)
+    write_json(machine.machine_memo_file(), {"backend": "cuda", "archs": ["9.0"]})
     gpus = doctor.gpus()
     assert gpus["backend"] == "cuda" and gpus["archs"] == ["9.0"] and gpus["source"].startswith("per-boot memo")
 

@@ -21,7 +21,7 @@ import torch
 kernels = pytest.importorskip("kernels")
 
 import jitkernels  # noqa: E402
-from jitkernels import patching  # noqa: E402
+from jitkernels.upstream import patching  # noqa: E402
 from jitkernels.errors import InvalidKernelNameError, LockfileError, PatchError  # noqa: E402
 
 from conftest import EXAMPLES, child_env  # noqa: E402

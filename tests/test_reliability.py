@@ -89,7 +89,7 @@ def test_damaged_entry_is_detected_rebuilt_and_reported_once(online, damage):
 
 
 def test_verify_detects_same_size_alteration(online):
-    from jitkernels.warm import check_entry
+    from jitkernels.cache.manifest import check_entry
 
     _commit, entry = _python_entry(online)
     target = entry / "rms_norm" / "functional.py"
@@ -98,7 +98,7 @@ def test_verify_detects_same_size_alteration(online):
     target.write_bytes(bytes(data))
     assert check_entry(entry) is None  # the cheap per-load rule only compares sizes
     assert "sha256" in check_entry(entry, full=True)
-    from jitkernels.cli import main
+    from jitkernels.cli.main import main
 
     assert main(["verify"]) == 1  # `jitkernels verify` reports it
 
@@ -286,7 +286,7 @@ def test_eight_processes_one_fetch_one_build(online):
 # -- lock file ---------------------------------------------------------------------------
 
 def _lock(tmp_path, monkeypatch, name=RMS):
-    from jitkernels.cli import main
+    from jitkernels.cli.main import main
 
     path = tmp_path / "jitkernels.lock"
     assert main(["lock", name, "--revision", "main", "--backend", "cpu", "-o", str(path)]) == 0
@@ -323,7 +323,7 @@ def test_lock_mismatch_fails_loudly(online, tmp_path, monkeypatch):
     path = _lock(tmp_path, monkeypatch)
     data = json.loads(path.read_text())
     data[0]["jitkernels"]["files"]["rms_norm/functional.py"] = "0" * 64
-    data[0]["jitkernels"]["digest"] = "tampered"
+    data[0]["jitkernels"]["digest"] = "f" * 64  # another well-formed digest: the entry made before does not match
     path.write_text(json.dumps(data))
     with pytest.raises(LockfileError, match="rms_norm/functional.py"):
         jitkernels.load("hf", RMS, revision="main", backend="cpu")

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from jitkernels import remote
-from jitkernels.entries import write_manifest
+from jitkernels.cache import remote
+from jitkernels.cache.manifest import write_manifest
 from jitkernels.errors import CacheError, RemoteCacheError
 
 from conftest import child_env
@@ -245,7 +245,7 @@ def test_missing_package_names_the_pip_line(blocked, url):
     # A fresh interpreter where the package cannot be imported, as on a machine without the extra.
     code = (
         f"import sys; sys.modules[{blocked!r}] = None\n"
-        "from jitkernels import remote\n"
+        "from jitkernels.cache import remote\n"
         "from jitkernels.errors import RemoteCacheError\n"
         "try:\n    remote.configured()\nexcept RemoteCacheError as exc:\n    print('ERROR', exc)\n"
     )
@@ -259,7 +259,7 @@ def test_missing_package_names_the_pip_line(blocked, url):
 _STORE = """
 import os, sys, time
 from pathlib import Path
-from jitkernels import remote
+from jitkernels.cache import remote
 go = Path(sys.argv[2])
 while not go.exists():
     time.sleep(0.005)

@@ -14,7 +14,7 @@ import textwrap
 
 from conftest import EXAMPLES, child_env
 
-HEAVY = ("jitkernels.pipeline", "huggingface_hub", "jitkernels.planning", "jitkernels.buildconfig")
+HEAVY = ("jitkernels.pipeline", "huggingface_hub", "jitkernels.plan.planner", "jitkernels.plan.buildconfig")
 
 REPORT = """
 import sys
