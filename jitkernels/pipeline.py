@@ -240,10 +240,12 @@ def prepare(snapshot: Snapshot, name: str, backend: str, index_ids=frozenset(), 
         inspection, entry = build_native_entry(inspection, source_plan, sources)
     if isinstance(snapshot, LocalSnapshot):  # local folders change under us: a memo checked by stat
         if snapshot.stats is not None:
-            index.remember_local(snapshot.path, snapshot.stats, backend, inspection, entry)
+            index.remember_local(snapshot.path, snapshot.stats, backend, machine.env_key_here(backend), inspection,
+                                 entry)
     else:
         index.index(inspection.provider, set(index_ids) | {snapshot.ref.repo_id, inspection.repo_id}, (name,),
-                    inspection.revision or snapshot.commit, backend, inspection, entry, snapshot.trust)
+                    inspection.revision or snapshot.commit, backend, machine.env_key_here(backend), inspection, entry,
+                    snapshot.trust)
     return Prepared(inspection, source_plan.config, entry)
 
 

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 
 
 import jitkernels
@@ -121,13 +120,15 @@ def test_warmup_runs_in_parallel_with_a_bounded_pool(monkeypatch):
     from jitkernels import pipeline
 
     running, peak, lock = 0, 0, threading.Lock()
+    together = threading.Barrier(2)  # the first two loads meet here: both in flight at once
 
     def fake_load(provider, name, **kwargs):
         nonlocal running, peak
         with lock:
             running += 1
             peak = max(peak, running)
-        time.sleep(0.2)
+        if name in ("a", "b"):
+            together.wait(timeout=30)
         with lock:
             running -= 1
         if name == "broken":
@@ -141,7 +142,20 @@ def test_warmup_runs_in_parallel_with_a_bounded_pool(monkeypatch):
     assert [o.ok for o in outcomes] == [True, True, True, False, True]
     assert outcomes[3].error == {"type": "BuildError", "message": "Compiling broken for cpu failed in a.cpp "
                                                                   "(ninja exit 1)."}
-    peak = 0
+    peak, together = 0, threading.Barrier(4)  # by default four run at once
+
+    def fake_load(provider, name, **kwargs):
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        if name in ("a", "b", "c", "broken"):
+            together.wait(timeout=30)
+        with lock:
+            running -= 1
+        return type(sys)(f"_{name}_cpu_0")
+
+    monkeypatch.setattr(pipeline, "load_kernel", fake_load)
     bulk_warmup.run("hf", targets, jobs=None)
     assert peak == 4  # the default bound
 

@@ -20,7 +20,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .. import machine
 from ..errors import LockTimeoutError
 from . import entries, layout, locks, workspaces
 from .files import read_json
@@ -106,13 +105,9 @@ def find(name: str) -> list[EntryInfo]:
             if name in (e.name, e.kernel) or (e.kernel and e.kernel.rsplit("/", 1)[-1] == name)]
 
 
-def loadable_here(info: EntryInfo) -> bool:
-    """Could this interpreter load the entry? Native entries need the same Python ABI and torch build."""
-    if info.kind != "native":
-        return True
-    import torch
-
-    return info.abi == machine.python_abi_tag() and info.torch == torch.__version__
+def loadable_with(info: EntryInfo, python_abi: str, torch_build: str) -> bool:
+    """Could an interpreter with this Python ABI tag and torch build load the entry? Only native entries care."""
+    return info.kind != "native" or (info.abi == python_abi and info.torch == torch_build)
 
 
 def remove(info: EntryInfo, dry_run: bool = False) -> bool:
@@ -129,9 +124,10 @@ def remove(info: EntryInfo, dry_run: bool = False) -> bool:
         return False
 
 
-def prune(older_than_days: float | None = None, unloadable: bool = False, damaged: bool = False,
+def prune(older_than_days: float | None = None, unloadable: tuple[str, str] | None = None, damaged: bool = False,
           dry_run: bool = False) -> tuple[list[EntryInfo], list[EntryInfo]]:
-    """Remove entries unused for ``older_than_days``, or not loadable by this interpreter, or damaged.
+    """Remove entries unused for ``older_than_days``, or not loadable with ``unloadable`` (the Python ABI tag and
+    torch build of the interpreter that asks), or damaged.
 
     Returns (removed, kept because in use).
     """
@@ -139,7 +135,7 @@ def prune(older_than_days: float | None = None, unloadable: bool = False, damage
     removed, busy = [], []
     for info in list_entries():
         stale = older_than_days is not None and (info.last_use or info.created or 0) < now - older_than_days * 86400
-        if stale or (unloadable and not loadable_here(info)) or (damaged and not info.intact):
+        if stale or (unloadable and not loadable_with(info, *unloadable)) or (damaged and not info.intact):
             (removed if remove(info, dry_run) else busy).append(info)
     return removed, busy
 

@@ -17,7 +17,6 @@ import os
 import time
 from pathlib import Path
 
-from .. import machine
 from ..errors import CacheError
 from ..identity import is_commit
 from . import layout
@@ -59,11 +58,11 @@ def valid_record(value) -> bool:
             and package.isidentifier() and all(p.isidentifier() for p in module.split(".")))
 
 
-def index(provider: str, repo_ids, names, commit: str, backend: str, inspection, entry: Path,
+def index(provider: str, repo_ids, names, commit: str, backend: str, envkey: str, inspection, entry: Path,
           trust: str | None) -> None:
-    """Point the warm path at ``entry`` for ``commit``: by repository id and by the names the caller used."""
+    """Point the warm path at ``entry`` for ``commit`` in the environment ``envkey`` (:func:`jitkernels.machine.env_key`):
+    by repository id and by the names the caller used."""
     value = record(inspection, entry, trust)
-    envkey = machine.env_key_here(backend)
     paths = [layout.index_file(provider, repo_id, commit, backend, envkey) for repo_id in sorted(set(repo_ids))]
     paths += [p for p in (layout.name_index_file(provider, n, commit, backend, envkey) for n in names) if p]
     for path in paths:
@@ -110,14 +109,14 @@ def tree_stats(root: str) -> list[list]:
     return stats
 
 
-def remember_local(path: Path, stats: list, backend: str, inspection, entry: Path) -> None:
+def remember_local(path: Path, stats: list, backend: str, envkey: str, inspection, entry: Path) -> None:
     """Memo of a local kernel folder: while no file in it changes, loads import ``entry`` directly.
 
     ``stats`` were taken before the files were hashed (see :func:`tree_stats`).
     """
     memo = {"path": str(path), "tree": stats, "record": record(inspection, entry, "local")}
     try:
-        write_json(layout.local_memo_file(os.path.realpath(path), backend, machine.env_key_here(backend)), memo)
+        write_json(layout.local_memo_file(os.path.realpath(path), backend, envkey), memo)
     except CacheError as exc:
         from ..log import logger
 

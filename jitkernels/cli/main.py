@@ -401,7 +401,14 @@ def cmd_cache(args) -> int:
             return _usage_error(args, "say what to prune: --older-than DAYS, --unloadable or --damaged")
         if action == "clear" and not (args.yes or args.dry_run):
             return _usage_error(args, "clearing removes every entry; pass --yes (or --dry-run)")
-        removed, busy = (cache_admin.prune(args.older_than, args.unloadable, args.damaged, args.dry_run)
+        here = None
+        if action == "prune" and args.unloadable:  # what this interpreter can load: its Python ABI, its torch
+            import torch
+
+            from .. import machine
+
+            here = (machine.python_abi_tag(), torch.__version__)
+        removed, busy = (cache_admin.prune(args.older_than, here, args.damaged, args.dry_run)
                          if action == "prune" else cache_admin.clear(args.dry_run))
         if args.json:
             _print_json({"removed": [e.to_dict() for e in removed], "in_use": [e.to_dict() for e in busy],
