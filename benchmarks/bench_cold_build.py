@@ -7,7 +7,7 @@ Kernel: kernels-community ``relu`` on CPU by default; on the GPU machine use
 * ``bare``       -- ``torch.utils.cpp_extension.load(name, sources=<the [torch] and [kernel.*] C++/CUDA
   sources of build.toml for the backend, in a copy of the kernel folder in the work folder>,
   extra_include_paths=<their include dirs + a temp dir holding
-  jitkernels.native.codegen.REGISTRATION_H>, build_directory=<fresh temp dir>)`` with kernel-builder-like
+  jitkernels.build.native.codegen.REGISTRATION_H>, build_directory=<fresh temp dir>)`` with kernel-builder-like
   flags (``-O3 -DNDEBUG -D<BACKEND>_KERNEL``; for CUDA also ``--expt-extended-lambda -DENABLE_FP8``, the
   ``__CUDA_NO_HALF*`` defines undone, and ``TORCH_TARGET_VERSION`` for stable-ABI kernels).
   ``TORCH_EXTENSION_NAME`` is the ``name``. On CUDA it builds for the local GPU arch
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     name = build["general"]["name"]
     repo_id = (build["general"].get("hub") or {}).get("repo-id") or f"kernels-community/{name}"
     sys.path.insert(0, str(C.REPO_ROOT))
-    from jitkernels.native.codegen import REGISTRATION_H
+    from jitkernels.build.native.codegen import REGISTRATION_H
 
     with C.Workdir(args, "jk-bench-cold-") as work:
         log = print

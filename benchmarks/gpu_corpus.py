@@ -72,7 +72,7 @@ def remaining(deadline: float) -> float:
 def environment_facts() -> dict:
     import torch
 
-    from jitkernels import environment
+    from jitkernels import machine as environment
 
     facts = {
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
@@ -93,8 +93,8 @@ def cuda_units(config) -> int:
 
 def strategies(kc: Path, report: Report) -> None:
     from jitkernels import environment, inputs
-    from jitkernels.buildconfig import parse_build_toml
-    from jitkernels.inspection import Toolchain, decide
+    from jitkernels.plan.buildconfig import parse_build_toml
+    from jitkernels.plan.strategy import Toolchain, decide
 
     toolchain = Toolchain(torch=environment.torch_version(), cuda=environment.nvcc_version())
     report.line(f"\n## Strategy of every kernel with a CUDA backend (torch {toolchain.torch}, nvcc {toolchain.cuda})\n")
@@ -133,7 +133,7 @@ def serve(folder: Path) -> str:
 
 def resolve_cutlass(kc: Path, names: list[str], report: Report) -> None:
     from jitkernels import inputs
-    from jitkernels.buildconfig import parse_build_toml
+    from jitkernels.plan.buildconfig import parse_build_toml
 
     wanted = sorted({d for n in names if (kc / n / "build.toml").exists()
                      for k in parse_build_toml((kc / n / "build.toml").read_bytes()).kernels_for("cuda")
@@ -259,7 +259,7 @@ def cuda_library_headers(report: Report) -> None:
     nvidia-* wheels' include folders through CPATH, and the report says so."""
     import site
 
-    from jitkernels import environment
+    from jitkernels import machine as environment
 
     home = Path(str(environment.cuda_home() or "/usr/local/cuda"))
     if (home / "include" / "cusparse.h").exists():

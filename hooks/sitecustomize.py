@@ -12,6 +12,6 @@ import os
 
 if os.environ.get("JITKERNELS_AUTOPATCH", "").strip().lower() in ("1", "true", "yes", "on"):
     try:
-        import jitkernels._autopatch  # noqa: F401  (registers the post-import hook; imports no torch/kernels)
+        import jitkernels.upstream.autopatch  # noqa: F401  (registers the post-import hook; imports no torch/kernels)
     except ImportError:  # jitkernels not installed in this interpreter
         pass

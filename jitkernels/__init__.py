@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # config.VERSION too (a test checks they agree)
 
 __all__ = [
     "KernelProvider",
@@ -138,15 +138,23 @@ def inspect_local(path, *, backend: str | None = None, name: str | None = None):
 
 
 def warmup(provider, names, *, revision: str | None = None, version: int | None = None,
-           backend: str | None = None, progress=None):
-    """Fetch and prepare (build) several kernels ahead of time; returns their inspections."""
-    from .pipeline import warmup_kernels
+           backend: str | None = None, jobs: int | None = None):
+    """Fetch and prepare (build) several kernels ahead of time, ``jobs`` at once (as ``jitkernels warmup``).
 
-    return warmup_kernels(provider, names, revision=revision, version=version, backend=backend,
-                          progress=progress)
+    Returns their inspections; the first failure is raised once all have run.
+    """
+    from . import batch
+    from .pipeline import inspect_kernel
+
+    targets = [batch.Target(n, revision=revision, version=version, backend=backend) for n in names]
+    outcomes = batch.run(provider, targets, jobs=jobs)
+    failed = next((o for o in outcomes if not o.ok), None)
+    if failed is not None:
+        raise failed.exception
+    return [inspect_kernel(provider, n, revision=revision, version=version, backend=backend) for n in names]
 
 
-# -- issue 4: import hook pins, patch()/unpatch() of the upstream ``kernels`` package -------------
+# -- the import hook's pins and patch()/unpatch() of the upstream ``kernels`` package ---------------
 
 __all__ += ["patch", "unpatch", "pin"]
 
@@ -157,16 +165,16 @@ def patch(provider="hf_kernels", *, fallback: str | None = None):
     Idempotent and thread safe; works before or after ``import kernels``;
     usable as ``with jitkernels.patch(): ...`` and ``@jitkernels.patch()``.
     ``fallback="upstream"`` (or ``JITKERNELS_FALLBACK=upstream``) hands kernels
-    JitKernels cannot build to upstream's binary loader. See :mod:`jitkernels.patching`.
+    JitKernels cannot build to upstream's binary loader. See :mod:`jitkernels.upstream.patching`.
     """
-    from .patching import patch as _patch
+    from .upstream.patching import patch as _patch
 
     return _patch(provider, fallback=fallback)
 
 
 def unpatch() -> None:
     """Undo :func:`patch`: the exact upstream function objects are put back."""
-    from .patching import unpatch as _unpatch
+    from .upstream.patching import unpatch as _unpatch
 
     _unpatch()
 

@@ -1,13 +1,21 @@
 """Every environment variable JitKernels reads, and its default, in one place.
 
 Values are read on each call (never frozen at import) so tests and long-lived
-processes can change them.
+processes can change them. docs/environment.md lists them all (tests/test_docs.py
+checks the list against this module). Two kinds of variables are read elsewhere,
+on purpose: a compiler cache's own settings (``SCCACHE_*``, ``CCACHE_*``), which
+:mod:`jitkernels.build.native.compiler_cache` only looks at to leave the user's
+choice alone, and ``HF_HUB_OFFLINE``, which :mod:`jitkernels.upstream.patching`
+sets for the length of an upstream ``local_files_only=True`` call. Stdlib only.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+#: The package's version (``jitkernels.__version__``; pyproject.toml reads it from here).
+VERSION = "0.1.0"
 
 #: Bumped whenever the way JitKernels prepares or builds a kernel changes, so
 #: that entries made by an older recipe are never reused.
@@ -28,8 +36,22 @@ BUILTIN_PROVIDER_ALIASES = {
 }
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def switch(name: str) -> bool | None:
+    """A yes/no variable: True (``1``, ``true``, ``yes``, ``on``), False (``0``, ``false``, ``no``, ``off``), None if unset."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    return None
+
+
 def _flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+    return switch(name) is True
 
 
 _ABSOLUTE: dict[str, Path] = {}
@@ -233,9 +255,61 @@ def kernels_hub_cache() -> str | None:
         return str(Path(value).expanduser())
     old = os.environ.get("HF_KERNELS_CACHE")
     if old:
-        from .log import warning_once
+        if not _DEPRECATION_SAID:
+            import logging
 
-        warning_once("HF_KERNELS_CACHE will be removed in the future, use KERNELS_CACHE instead "
-                     "(JitKernels, like upstream kernels, reads kernel downloads from it).")
+            _DEPRECATION_SAID.append(old)
+            logging.getLogger("jitkernels").warning(
+                "HF_KERNELS_CACHE will be removed in the future, use KERNELS_CACHE instead "
+                "(JitKernels, like upstream kernels, reads kernel downloads from it).")
         return str(Path(old).expanduser())
     return None
+
+
+_DEPRECATION_SAID: list[str] = []
+
+
+# -- messages and progress (jitkernels.log, jitkernels.progress) ---------------------------------
+
+def log_level() -> str:
+    """``JITKERNELS_LOG_LEVEL``: the ``jitkernels`` logger's level (a name or a number), raw; "" if unset."""
+    return os.environ.get("JITKERNELS_LOG_LEVEL", "").strip()
+
+
+def progress() -> bool | None:
+    """``JITKERNELS_PROGRESS``: show (1) or hide (0) progress; None: huggingface_hub's switch decides."""
+    return switch("JITKERNELS_PROGRESS")
+
+
+def hf_progress_bars_disabled() -> bool:
+    """``HF_HUB_DISABLE_PROGRESS_BARS=1`` (huggingface_hub's own) also silences JitKernels' progress."""
+    return _flag("HF_HUB_DISABLE_PROGRESS_BARS")
+
+
+def progress_interval() -> float:
+    """Seconds between two plain progress lines (``JITKERNELS_PROGRESS_INTERVAL``, default 5, at least 0.1)."""
+    try:
+        return max(0.1, float(os.environ.get("JITKERNELS_PROGRESS_INTERVAL", "5")))
+    except ValueError:
+        return 5.0
+
+
+# -- the upstream kernels package (jitkernels.upstream) -------------------------------------------
+
+def autopatch() -> bool:
+    """``JITKERNELS_AUTOPATCH=1``: patch upstream ``kernels`` in every Python process (hooks/README.md)."""
+    return _flag("JITKERNELS_AUTOPATCH")
+
+
+def fallback() -> str:
+    """``JITKERNELS_FALLBACK``: ``upstream`` hands kernels JitKernels cannot build to upstream's loader; raw."""
+    return os.environ.get("JITKERNELS_FALLBACK", "").strip().lower()
+
+
+# -- the machine ----------------------------------------------------------------------------------
+
+def visible_devices() -> tuple[str, str, str]:
+    """``CUDA_VISIBLE_DEVICES``, ``NVIDIA_VISIBLE_DEVICES``, ``HIP_VISIBLE_DEVICES`` (``<unset>`` if unset):
+    part of the per-boot machine memo's key."""
+    return tuple(os.environ.get(name, "<unset>")
+                 for name in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES"))

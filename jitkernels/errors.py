@@ -7,10 +7,7 @@ Subclasses also derive from the closest builtin (``LookupError``,
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .inspection import Inspection
+from typing import Any
 
 
 class JitKernelsError(Exception):
@@ -56,7 +53,7 @@ class UnsupportedKernelError(JitKernelsError, RuntimeError):
     ``reason``, dependencies...).
     """
 
-    def __init__(self, message: str, inspection: "Inspection"):
+    def __init__(self, message: str, inspection):
         super().__init__(message)
         self.inspection = inspection
 
@@ -111,3 +108,15 @@ class RemoteCacheError(CacheError):
     Only configuration problems raise; a remote that is down, slow or holds a
     damaged entry is reported with a warning and treated as a miss.
     """
+
+
+def error_record(exc: BaseException) -> dict:
+    """An error as JSON-ready data: its type, its message, and what it carries (reason, log path)."""
+    record = {"type": type(exc).__name__, "message": str(exc).strip()}
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str):
+        record["reason"] = reason
+    log_path = getattr(exc, "log_path", None)
+    if log_path is not None:
+        record["log_path"] = str(log_path)
+    return record

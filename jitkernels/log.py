@@ -18,8 +18,9 @@ INFO while JitKernels' own handler is in use (``DEBUG`` with
 from __future__ import annotations
 
 import logging
-import os
 import sys
+
+from . import config
 
 logger = logging.getLogger("jitkernels")
 _SAID: set[tuple[int, str]] = set()
@@ -28,7 +29,7 @@ LEVEL_ENV = "JITKERNELS_LOG_LEVEL"
 
 def level_from_env() -> int | None:
     """The level ``JITKERNELS_LOG_LEVEL`` asks for (None if unset or unreadable; unreadable is said once)."""
-    raw = os.environ.get(LEVEL_ENV, "").strip()
+    raw = config.log_level()
     if not raw:
         return None
     if raw.isdigit():
@@ -41,7 +42,7 @@ def level_from_env() -> int | None:
 
 
 def _verbose() -> bool:
-    return os.environ.get("JITKERNELS_VERBOSE", "").strip().lower() in ("1", "true", "yes", "on")
+    return config.verbose()
 
 
 def _others_listen(record_logger: logging.Logger, ours: logging.Handler | None) -> bool:

@@ -41,12 +41,13 @@ tqdm is imported only when a task is shown (it comes with huggingface_hub).
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from . import config
 
 __all__ = ["task", "Task", "combined", "enabled", "set_enabled", "interval", "display_mode", "hub_tqdm_class"]
 
@@ -55,15 +56,6 @@ logger = logging.getLogger("jitkernels.progress")
 
 _FORCED: bool | None = None
 _LOCAL = threading.local()
-
-
-def _flag(name: str) -> bool | None:
-    value = os.environ.get(name, "").strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    return None
 
 
 def set_enabled(value: bool | None) -> None:
@@ -76,10 +68,10 @@ def enabled() -> bool:
     """False when silenced: :func:`set_enabled`, ``JITKERNELS_PROGRESS``, then huggingface_hub's switches."""
     if _FORCED is not None:
         return _FORCED
-    ours = _flag("JITKERNELS_PROGRESS")
+    ours = config.progress()
     if ours is not None:
         return ours
-    if _flag("HF_HUB_DISABLE_PROGRESS_BARS"):
+    if config.hf_progress_bars_disabled():
         return False
     hub = sys.modules.get("huggingface_hub.utils.tqdm")  # only if already imported: never import it here
     check = getattr(hub, "are_progress_bars_disabled", None)
@@ -93,10 +85,7 @@ def enabled() -> bool:
 
 def interval() -> float:
     """Seconds between two plain progress lines (``JITKERNELS_PROGRESS_INTERVAL``, default 5, at least 0.1)."""
-    try:
-        return max(0.1, float(os.environ.get("JITKERNELS_PROGRESS_INTERVAL", "5")))
-    except ValueError:
-        return 5.0
+    return config.progress_interval()
 
 
 def _in_notebook() -> bool:

@@ -14,6 +14,8 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -187,9 +189,65 @@ def offline(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
 
+#: A kernel the test Hub serves in the older layout (a build/torch-universal payload, model-type repo).
+RMS = "kernels-test/rms-norm-universal"
+#: A kernel of a publisher nobody trusts by default.
+UNTRUSTED = "some-user/rms-norm"
+
+
+def entry_dirs(prefix: str = "") -> list[Path]:
+    """The published cache entries whose name starts with ``prefix``."""
+    folder = Path(os.environ["JITKERNELS_CACHE"]) / "entries"
+    return sorted(folder.glob(prefix + "*")) if folder.is_dir() else []
+
+
+def go_offline(monkeypatch) -> None:
+    """``HF_HUB_OFFLINE=1`` for this process, huggingface_hub's already-read constant included."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+def wait_for(predicate, timeout: float = 120.0) -> bool:
+    """Poll ``predicate`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def child_env(**extra) -> dict:
     """Environment for a subprocess that sees this test's caches and the repo on sys.path."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+def run_python(code: str, *args: str, timeout: float = 300, cwd=None, **env) -> subprocess.CompletedProcess:
+    """Run ``code`` (dedented) in a fresh Python that sees this test's caches: the one way tests start a child.
+
+    ``env``: variables added to (or replacing) this process's environment.
+    """
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env=child_env(**env))
+
+
+def start_python(code: str, *args: str, **env) -> subprocess.Popen:
+    """:func:`run_python`, but running on: its stdout and stderr are pipes of text."""
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=child_env(**env))
+
+
+def load_in_child(commit: str, **env) -> subprocess.CompletedProcess:
+    """Load :data:`RMS` at ``commit`` in a fresh process and check it against PyTorch (prints OK)."""
+    return run_python(f"""
+        import jitkernels, torch
+        k = jitkernels.load('hf', {RMS!r}, revision={commit!r}, backend='cpu')
+        x = torch.randn(2, 8)
+        assert torch.allclose(k.rms_norm(x, torch.ones(8)), x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+        print('OK')
+    """, timeout=120, **env)

@@ -27,7 +27,7 @@ RMS = "jitkernels-examples/rms-norm"
 
 USER_CODE = textwrap.dedent(f"""
     import sys
-    print("before", sorted(m for m in ("kernels", "torch", "jitkernels.patching", "wrapt") if m in sys.modules))
+    print("before", sorted(m for m in ("kernels", "torch", "jitkernels.upstream.patching", "wrapt") if m in sys.modules))
     import kernels
     print("kind", type(kernels.get_kernel).__name__)
     try:
@@ -60,13 +60,13 @@ def _lines(out):
 def test_pth_is_one_guarded_import_line():
     lines = [line for line in PTH.read_text().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("import os;")
-    assert "JITKERNELS_AUTOPATCH" in lines[0] and "jitkernels._autopatch" in lines[0]
+    assert "JITKERNELS_AUTOPATCH" in lines[0] and "jitkernels.upstream.autopatch" in lines[0]
 
 
 def test_autopatch_redirects_an_unchanged_program(online, site_dir):
     out = _lines(_run(site_dir, USER_CODE, JITKERNELS_AUTOPATCH="1", HF_ENDPOINT=online.endpoint))
     # nothing heavy at startup: neither torch nor kernels, only the tiny patcher (+ wrapt for the hook)
-    assert out["before"] == "['jitkernels.patching', 'wrapt']"
+    assert out["before"] == "['jitkernels.upstream.patching', 'wrapt']"
     assert out["kind"] == "FunctionWrapper"
     assert Path(out["file"]).is_relative_to(Path(os.environ["JITKERNELS_CACHE"]))
 
@@ -102,7 +102,7 @@ def test_autopatch_without_kernels_warns_once_and_does_nothing(site_dir):
         f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r}); "
         f"site.addsitedir({str(site_dir)!r})\n"
     )
-    res = subprocess.run([sys.executable, "-S", "-c", prelude + "import jitkernels.patching as p; print(p.is_patched())"],
+    res = subprocess.run([sys.executable, "-S", "-c", prelude + "import jitkernels.upstream.patching as p; print(p.is_patched())"],
                          capture_output=True, text=True, timeout=60, env=child_env(JITKERNELS_AUTOPATCH="1"))
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "False"

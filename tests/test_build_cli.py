@@ -8,7 +8,7 @@ import pytest
 
 import jitkernels
 from jitkernels import config
-from jitkernels.cli import main
+from jitkernels.cli.main import main
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -23,7 +23,7 @@ def test_arch_usage_errors(argv, message, capsys):
 
 
 def test_arch_suffixes_name_the_gpu_capability():
-    from jitkernels.cli import _normalise_archs
+    from jitkernels.cli.main import _normalise_archs
 
     assert _normalise_archs(["9.0a", "8.0,8.9", "10.0f", "9.0", "8.6+PTX"]) == ["9.0", "8.0", "8.9", "10.0", "8.6+PTX"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from jitkernels.buildconfig import parse_build_toml
+from jitkernels.plan.buildconfig import parse_build_toml
 from jitkernels.errors import BuildConfigError
-from jitkernels.inspection import Toolchain, decide
+from jitkernels.plan.strategy import Toolchain, decide
 
 ACTIVATION_LIKE = """
 [general]

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
 import jitkernels
-from jitkernels.cli import main
+from jitkernels.cli.main import main
 
-from conftest import child_env
+from conftest import run_python, start_python
 
 RMS = "kernels-test/rms-norm-universal"
 
@@ -69,13 +66,13 @@ def test_prune_needs_a_criterion_and_removes_only_what_matches(online, capsys):
 def test_prune_and_clear_never_remove_an_entry_whose_lock_is_held(online, capsys):
     jitkernels.load("hf", RMS, revision="main", backend="cpu")
     (entry,) = _entries()
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = start_python(f"""
         import time
-        from jitkernels import locks
+        from jitkernels.cache import locks
         with locks.hold("entry:{entry.name}", what="replacing it"):
             print("HELD", flush=True)
             time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True, env=child_env())
+    """)
     try:
         assert holder.stdout.readline().strip() == "HELD"
         assert main(["cache", "prune", "--older-than", "0"]) == 0
@@ -92,17 +89,17 @@ def test_prune_and_clear_never_remove_an_entry_whose_lock_is_held(online, capsys
 
 def test_prune_racing_loads_never_breaks_a_load(online):
     commit = jitkernels.inspect("hf", RMS, revision="main", backend="cpu").revision
-    loader = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    loader = start_python(f"""
         import sys, torch, jitkernels
-        from jitkernels import warm
+        from jitkernels import importer, warm
         for i in range(40):
-            warm.LOADED.clear(); warm._BY_PACKAGE.clear()
+            warm.LOADED.clear(); importer._BY_PACKAGE.clear()
             for n in [n for n in sys.modules if n.startswith("_rms_norm")]:
                 del sys.modules[n]
             k = jitkernels.load("hf", {RMS!r}, revision={commit!r}, backend="cpu")
             assert k.rms_norm(torch.ones(2, 4), torch.ones(4)).shape == (2, 4)
         print("OK")
-    """)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+    """)
     pruned = 0
     while loader.poll() is None:
         main(["cache", "prune", "--older-than", "0"])
@@ -123,8 +120,8 @@ def test_last_use_is_the_last_load_not_an_access_time(online, capsys):
     capsys.readouterr()
     assert main(["cache", "prune", "--older-than", "30", "--dry-run"]) == 0
     assert entry.name in capsys.readouterr().out  # unused for 90 days
-    out = subprocess.run([sys.executable, "-c", f"import jitkernels; jitkernels.load('hf', {RMS!r}, revision={commit!r}, "
-                          f"backend='cpu')"], capture_output=True, text=True, env=child_env(), timeout=120)
+    out = run_python(f"import jitkernels; jitkernels.load('hf', {RMS!r}, revision={commit!r}, backend='cpu')",
+                     timeout=120)
     assert out.returncode == 0, out.stderr
     assert main(["cache", "prune", "--older-than", "30"]) == 0
     assert entry.exists()  # loaded just now: kept

@@ -6,12 +6,11 @@ import json
 import subprocess
 import sys
 import threading
-import time
 
 
 import jitkernels
-from jitkernels import bulk_warmup
-from jitkernels.cli import COMMANDS, build_parser, main
+from jitkernels import batch as bulk_warmup
+from jitkernels.cli.main import COMMANDS, build_parser, main
 
 from conftest import child_env
 
@@ -121,13 +120,15 @@ def test_warmup_runs_in_parallel_with_a_bounded_pool(monkeypatch):
     from jitkernels import pipeline
 
     running, peak, lock = 0, 0, threading.Lock()
+    together = threading.Barrier(2)  # the first two loads meet here: both in flight at once
 
     def fake_load(provider, name, **kwargs):
         nonlocal running, peak
         with lock:
             running += 1
             peak = max(peak, running)
-        time.sleep(0.2)
+        if name in ("a", "b"):
+            together.wait(timeout=30)
         with lock:
             running -= 1
         if name == "broken":
@@ -141,7 +142,20 @@ def test_warmup_runs_in_parallel_with_a_bounded_pool(monkeypatch):
     assert [o.ok for o in outcomes] == [True, True, True, False, True]
     assert outcomes[3].error == {"type": "BuildError", "message": "Compiling broken for cpu failed in a.cpp "
                                                                   "(ninja exit 1)."}
-    peak = 0
+    peak, together = 0, threading.Barrier(4)  # by default four run at once
+
+    def fake_load(provider, name, **kwargs):
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        if name in ("a", "b", "c", "broken"):
+            together.wait(timeout=30)
+        with lock:
+            running -= 1
+        return type(sys)(f"_{name}_cpu_0")
+
+    monkeypatch.setattr(pipeline, "load_kernel", fake_load)
     bulk_warmup.run("hf", targets, jobs=None)
     assert peak == 4  # the default bound
 
@@ -217,14 +231,16 @@ def test_doctor_name_says_what_would_happen_and_why(online, capsys):
 
 
 def test_doctor_reads_gpus_from_the_memo_without_detecting(monkeypatch):
-    from jitkernels import cache, doctor, environment, warm
+    from jitkernels import machine
+    from jitkernels.cache.files import write_json
+    from jitkernels.cli import doctor
 
     def no_detection():
         raise AssertionError("doctor asked the GPUs although the per-boot memo knows them")
 
-    monkeypatch.setattr(warm, "static_backend", lambda torch: None)  # as a CUDA build of torch
-    monkeypatch.setattr(environment, "_detect_gpus", no_detection)
-    cache.write_json(warm.machine_memo_file(), {"backend": "cuda", "archs": ["9.0"]})
+    monkeypatch.setattr(machine, "static_backend", lambda torch: None)  # as a CUDA build of torch
+    monkeypatch.setattr(machine, "_detect_gpus", no_detection)
+    write_json(machine.machine_memo_file(), {"backend": "cuda", "archs": ["9.0"]})
     gpus = doctor.gpus()
     assert gpus["backend"] == "cuda" and gpus["archs"] == ["9.0"] and gpus["source"].startswith("per-boot memo")
 

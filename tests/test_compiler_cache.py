@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from jitkernels.errors import ToolchainError
-from jitkernels.native import compiler_cache as cc
+from jitkernels.build.native import compiler_cache as cc
 
 from conftest import EXAMPLES
 
@@ -108,16 +108,18 @@ def test_unknown_mode_is_a_toolchain_error(monkeypatch):
 def test_ninja_file_prefixes_compiles_not_the_link_and_the_build_key_does_not_change(tools_on_path, monkeypatch,
                                                                                      tmp_path):
     pytest.importorskip("torch")
-    from jitkernels.native import builder
+    from jitkernels.build.native import builder
     from jitkernels.pipeline import _plan
     from jitkernels.providers.base import KernelRef
-    from jitkernels.sources import LocalSnapshot
+    from jitkernels.plan.planner import fetch_sources
+    from jitkernels.providers.local import LocalSnapshot
 
     snapshot = LocalSnapshot(KernelRef("hf_kernels", "local/scaled-add"), EXAMPLES / "scaled-add")
     inspection, plan = _plan(snapshot, "scaled-add", "cpu")
-    _, plain_spec, _, _ = builder.prepare_spec(inspection, plan)
+    sources = fetch_sources(plan)
+    _, plain_spec = builder.spec_for(inspection, plan, sources)
     monkeypatch.setenv("JITKERNELS_COMPILER_CACHE", "sccache")
-    _, spec, _, _ = builder.prepare_spec(inspection, plan)
+    _, spec = builder.spec_for(inspection, plan, sources)
     assert spec.key() == plain_spec.key()
 
     paths = {"includes": ["/torch/include"], "libs": ["-ltorch"], "nvcc": "/cuda/bin/nvcc"}

@@ -21,8 +21,8 @@ import pytest
 import torch
 
 import jitkernels
-from jitkernels.inspection import Toolchain, decide
-from jitkernels.buildconfig import parse_build_toml
+from jitkernels.plan.strategy import Toolchain, decide
+from jitkernels.plan.buildconfig import parse_build_toml
 
 from conftest import child_env
 

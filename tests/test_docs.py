@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import jitkernels
-from jitkernels.cli import build_parser
+from jitkernels.cli.main import build_parser
 
 from conftest import EXAMPLES, ROOT, child_env, tree
 
@@ -202,14 +202,15 @@ def _env_names_in_code() -> set[str]:
 
         loops = {}
         for node in ast.walk(module):
-            if isinstance(node, ast.For) and isinstance(node.target, ast.Name) and isinstance(node.iter, ast.Tuple):
-                loops[node.target.id] = [key_of(e) for e in node.iter.elts]
+            if isinstance(node, (ast.For, ast.comprehension)) and isinstance(node.target, ast.Name) \
+                    and isinstance(node.iter, ast.Tuple):
+                loops.setdefault(node.target.id, []).extend(key_of(e) for e in node.iter.elts)
         for node in ast.walk(module):
             key = None
             if isinstance(node, ast.Call) and node.args:
                 func = node.func
                 text = ast.unparse(func)
-                if text.endswith(("environ.get", "environ.pop", "os.getenv")) or text in ("_flag", "_seconds"):
+                if text.endswith(("environ.get", "environ.pop", "os.getenv")) or text in ("_flag", "_seconds", "switch"):
                     key = node.args[0]
             elif isinstance(node, ast.Subscript) and ast.unparse(node.value).endswith("environ"):
                 key = node.slice
@@ -259,6 +260,13 @@ def test_every_documented_command_line_parses(line):
         build_parser().parse_args(words)
     except SystemExit as exc:
         pytest.fail(f"{line!r} does not parse (exit {exc.code})")
+
+
+def test_the_cache_layout_page_is_the_one_the_code_owns():
+    from jitkernels.cache.layout import LAYOUT
+
+    blocks = [body for lang, _info, body in _blocks(DOCS / "cache.md") if lang == "text"]
+    assert LAYOUT.strip("\n") in [b.strip("\n") for b in blocks]
 
 
 def test_readme_links_every_docs_page():

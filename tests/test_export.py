@@ -13,9 +13,9 @@ import sys
 
 import pytest
 
-from jitkernels import environment
-from jitkernels.cli import main
-from jitkernels.export import variant_name
+from jitkernels import machine as environment
+from jitkernels.cli.main import main
+from jitkernels.upstream.export import variant_name
 
 from conftest import EXAMPLES
 

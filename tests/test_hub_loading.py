@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,7 +17,7 @@ from jitkernels.errors import (
     UnsupportedKernelError,
 )
 
-from conftest import child_env
+from conftest import run_python
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
@@ -166,7 +164,7 @@ def test_warm_pinned_load_in_new_process_needs_no_hub(online, tmp_path):
         "heavy = [m for m in ('huggingface_hub', 'filelock', 'torch.utils.cpp_extension') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=120)
+    out = run_python(code, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout
     assert online.requests == []
@@ -178,7 +176,7 @@ def test_import_jitkernels_is_cheap():
         "print([m for m in ('torch', 'huggingface_hub', 'wrapt', 'filelock', 'torch.utils.cpp_extension')"
         " if m in sys.modules])\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=60)
+    out = run_python(code, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 

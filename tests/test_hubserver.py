@@ -37,8 +37,9 @@ def hf():
 
 
 @pytest.fixture
-def hub(hf, tmp_path, monkeypatch):
-    """A running FakeHub, with huggingface_hub (already imported) pointed at it and a private cache."""
+def acme_hub(hf, tmp_path, monkeypatch):
+    """A FakeHub of its own (not the session's ``hub``) serving the ``acme`` repos, with huggingface_hub
+    (already imported) pointed at it and a private cache."""
     from huggingface_hub import constants
 
     hf_home = tmp_path / "hf"
@@ -82,7 +83,7 @@ def _files(folder):
 @pytest.mark.parametrize(
     ("repo_id", "repo_type", "files"), [("acme/relu", "kernel", KERNEL_FILES), ("acme/old", "model", MODEL_FILES)]
 )
-def test_repo_info_by_branch_and_sha(hub, repo_id, repo_type, files, hf):
+def test_repo_info_by_branch_and_sha(acme_hub, repo_id, repo_type, files, hf):
     api = hf.HfApi()
     info = api.repo_info(repo_id, repo_type=repo_type, revision="main")
     assert re.fullmatch(r"[0-9a-f]{40}", info.sha)
@@ -94,19 +95,19 @@ def test_repo_info_by_branch_and_sha(hub, repo_id, repo_type, files, hf):
     assert api.repo_info(repo_id, repo_type=repo_type, revision=info.sha).sha == info.sha
     assert api.repo_info(repo_id, repo_type=repo_type).sha == info.sha  # default revision: main
     prefix = "/api/kernels/" if repo_type == "kernel" else "/api/models/"
-    assert ("GET", f"{prefix}{repo_id}/revision/main") in hub.requests
+    assert ("GET", f"{prefix}{repo_id}/revision/main") in acme_hub.requests
 
 
-def test_revisions_with_slash_tags_and_moving_branches(hub, hf):
+def test_revisions_with_slash_tags_and_moving_branches(acme_hub, hf):
     api = hf.HfApi()
-    assert api.repo_info("acme/relu", repo_type="kernel", revision="feat/x").sha == hub.shas["feat/x"]
-    assert api.repo_info("acme/relu", repo_type="kernel", revision="v1.0.0").sha == hub.shas["v1"]
-    old = hub.shas["v1"]
-    new = hub.add_repo("acme/relu", {"v1": {"build.toml": b"v1 fixed\n"}})["v1"]
+    assert api.repo_info("acme/relu", repo_type="kernel", revision="feat/x").sha == acme_hub.shas["feat/x"]
+    assert api.repo_info("acme/relu", repo_type="kernel", revision="v1.0.0").sha == acme_hub.shas["v1"]
+    old = acme_hub.shas["v1"]
+    new = acme_hub.add_repo("acme/relu", {"v1": {"build.toml": b"v1 fixed\n"}})["v1"]
     assert new != old
     assert api.repo_info("acme/relu", repo_type="kernel", revision="v1").sha == new
     assert api.repo_info("acme/relu", repo_type="kernel", revision=old).sha == old  # old commit stays
-    assert api.repo_info("acme/relu", repo_type="kernel", revision="main").sha == hub.shas["main"]  # untouched
+    assert api.repo_info("acme/relu", repo_type="kernel", revision="main").sha == acme_hub.shas["main"]  # untouched
 
 
 def test_commit_ids_are_deterministic():
@@ -122,21 +123,21 @@ def test_commit_ids_are_deterministic():
         a.add_repo("acme/relu", {}, tags={"t": "missing-branch"})
 
 
-def test_list_repo_refs(hub, hf):
+def test_list_repo_refs(acme_hub, hf):
     refs = hf.HfApi().list_repo_refs("acme/relu", repo_type="kernel")
     branches = {b.name: (b.ref, b.target_commit) for b in refs.branches}
-    assert branches == {name: (f"refs/heads/{name}", sha) for name, sha in hub.shas.items()}
-    assert [(t.name, t.ref, t.target_commit) for t in refs.tags] == [("v1.0.0", "refs/tags/v1.0.0", hub.shas["v1"])]
+    assert branches == {name: (f"refs/heads/{name}", sha) for name, sha in acme_hub.shas.items()}
+    assert [(t.name, t.ref, t.target_commit) for t in refs.tags] == [("v1.0.0", "refs/tags/v1.0.0", acme_hub.shas["v1"])]
     assert refs.converts == []
     model_refs = hf.HfApi().list_repo_refs("acme/old", repo_type="model")
     assert [b.name for b in model_refs.branches] == ["main"]
 
 
-def test_list_repo_tree(hub, hf):
+def test_list_repo_tree(acme_hub, hf):
     from huggingface_hub.hf_api import RepoFile, RepoFolder
 
     api = hf.HfApi()
-    sha = hub.shas["main"]
+    sha = acme_hub.shas["main"]
     tree = list(api.list_repo_tree("acme/relu", repo_type="kernel", revision=sha, recursive=True))
     files = {e.path: e for e in tree if isinstance(e, RepoFile)}
     folders = {e.path for e in tree if isinstance(e, RepoFolder)}
@@ -162,25 +163,25 @@ def test_list_repo_tree(hub, hf):
 
 # -- downloads --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("revision", ["main", "sha"])
-def test_snapshot_download_only_fetches_allowed_files(hub, revision, hf):
-    revision = hub.shas["main"] if revision == "sha" else revision
+def test_snapshot_download_only_fetches_allowed_files(acme_hub, revision, hf):
+    revision = acme_hub.shas["main"] if revision == "sha" else revision
     patterns = ["build.toml", "torch-ext/**"]
     folder = hf.snapshot_download("acme/relu", repo_type="kernel", revision=revision, allow_patterns=patterns)
     expected = ["build.toml", "torch-ext/relu/__init__.py", "torch-ext/relu/_ops.py"]
-    assert sorted(hub.downloaded()) == expected
+    assert sorted(acme_hub.downloaded()) == expected
     folder = Path(folder)
-    assert folder.name == hub.shas["main"]
+    assert folder.name == acme_hub.shas["main"]
     assert _files(folder) == expected
     assert (folder / "torch-ext/relu/__init__.py").read_bytes() == KERNEL_FILES["torch-ext/relu/__init__.py"]
-    heads = [p for m, p in hub.requests if m == "HEAD"]
+    heads = [p for m, p in acme_hub.requests if m == "HEAD"]
     assert len(heads) == 3 and all("/kernels/acme/relu/resolve/" in p for p in heads)
 
     # Offline: the same call is served from the cache, without a single request.
-    hub.clear_log()
+    acme_hub.clear_log()
     again = hf.snapshot_download("acme/relu", repo_type="kernel", revision=revision, allow_patterns=patterns,
                                  local_files_only=True)
     assert Path(again) == folder
-    assert hub.requests == [] and hub.downloaded() == []
+    assert acme_hub.requests == [] and acme_hub.downloaded() == []
     # A file never fetched is not there: huggingface_hub 2.x raises, 1.x returns the snapshot folder without it.
     try:
         partial = hf.snapshot_download("acme/relu", repo_type="kernel", revision=revision,
@@ -191,36 +192,36 @@ def test_snapshot_download_only_fetches_allowed_files(hub, revision, hf):
         assert hf.__version__.startswith("1.") and not (Path(partial) / "README.md").exists()
 
 
-def test_snapshot_download_model_type(hub, hf):
+def test_snapshot_download_model_type(acme_hub, hf):
     folder = Path(hf.snapshot_download("acme/old", repo_type="model", allow_patterns=["csrc/*"]))
     assert _files(folder) == ["csrc/kernel.cu"]
-    assert hub.downloaded() == ["csrc/kernel.cu"]
-    assert ("GET", "/acme/old/resolve/" + hub.model_shas["main"] + "/csrc/kernel.cu") in hub.requests
+    assert acme_hub.downloaded() == ["csrc/kernel.cu"]
+    assert ("GET", "/acme/old/resolve/" + acme_hub.model_shas["main"] + "/csrc/kernel.cu") in acme_hub.requests
 
 
-def test_hf_hub_download(hub, hf):
+def test_hf_hub_download(acme_hub, hf):
     path = hf.hf_hub_download("acme/relu", "build.toml", repo_type="kernel")
     assert Path(path).read_bytes() == KERNEL_FILES["build.toml"]
-    assert ("HEAD", "/kernels/acme/relu/resolve/main/build.toml") in hub.requests  # HEAD by branch name
+    assert ("HEAD", "/kernels/acme/relu/resolve/main/build.toml") in acme_hub.requests  # HEAD by branch name
     path = hf.hf_hub_download("acme/relu", "a/b.txt", repo_type="kernel", revision="feat/x")
     assert Path(path).read_bytes() == b"feature\n"
-    assert Path(path).parent.parent.name == hub.shas["feat/x"]
-    path = hf.hf_hub_download("acme/old", "csrc/kernel.cu", revision=hub.model_shas["main"])
+    assert Path(path).parent.parent.name == acme_hub.shas["feat/x"]
+    path = hf.hf_hub_download("acme/old", "csrc/kernel.cu", revision=acme_hub.model_shas["main"])
     assert Path(path).read_bytes() == MODEL_FILES["csrc/kernel.cu"]
-    assert hub.downloaded() == ["build.toml", "a/b.txt", "csrc/kernel.cu"]
+    assert acme_hub.downloaded() == ["build.toml", "a/b.txt", "csrc/kernel.cu"]
 
 
-def test_resolve_headers(hub):
-    url = f"{hub.endpoint}/kernels/acme/relu/resolve/main/build.toml"
+def test_resolve_headers(acme_hub):
+    url = f"{acme_hub.endpoint}/kernels/acme/relu/resolve/main/build.toml"
     with urllib.request.urlopen(urllib.request.Request(url, method="HEAD")) as r:
-        assert r.headers["X-Repo-Commit"] == hub.shas["main"]
+        assert r.headers["X-Repo-Commit"] == acme_hub.shas["main"]
         assert r.headers["Content-Length"] == str(len(KERNEL_FILES["build.toml"]))
         assert re.fullmatch(r'"[0-9a-f]{40}"', r.headers["ETag"])
-    assert hub.downloaded() == []  # HEAD is not a download
+    assert acme_hub.downloaded() == []  # HEAD is not a download
 
 
 # -- errors -----------------------------------------------------------------------------------------
-def test_errors_map_to_huggingface_hub_exceptions(hub, hf):
+def test_errors_map_to_huggingface_hub_exceptions(acme_hub, hf):
     api = hf.HfApi()
     with pytest.raises(hf.errors.RepositoryNotFoundError):
         api.repo_info("acme/missing", repo_type="kernel")
@@ -244,7 +245,7 @@ def test_errors_map_to_huggingface_hub_exceptions(hub, hf):
         hf.hf_hub_download("acme/old", "missing.txt")
 
 
-def test_org_overview(hub, hf):
+def test_org_overview(acme_hub, hf):
     api = hf.HfApi()
     acme = api.get_organization_overview("acme")
     assert acme.name == "acme" and acme.trustedKernelPublisher is True
@@ -255,12 +256,12 @@ def test_org_overview(hub, hf):
 
 
 # -- network down -----------------------------------------------------------------------------------
-def test_down_refuses_quickly_and_comes_back(hub, monkeypatch, hf):
+def test_down_refuses_quickly_and_comes_back(acme_hub, monkeypatch, hf):
     from huggingface_hub.utils import _http
 
     cached = hf.hf_hub_download("acme/relu", "build.toml", repo_type="kernel")
-    hub.clear_log()
-    hub.down = True
+    acme_hub.clear_log()
+    acme_hub.down = True
     start = time.monotonic()
     # The HTTP library is httpx (huggingface_hub 1.x) or httpx2 (2.x): match the error by its name.
     with pytest.raises(Exception) as refused:
@@ -283,28 +284,28 @@ def test_down_refuses_quickly_and_comes_back(hub, monkeypatch, hf):
         assert len(sleeps) == 5
     else:
         assert "client has been closed" in str(uncached.value) and len(sleeps) == 1
-    assert hub.requests == []
-    hub.down = False
-    assert hf.HfApi().repo_info("acme/relu", repo_type="kernel").sha == hub.shas["main"]
+    assert acme_hub.requests == []
+    acme_hub.down = False
+    assert hf.HfApi().repo_info("acme/relu", repo_type="kernel").sha == acme_hub.shas["main"]
 
 
 def test_stop_start_and_down_before_start():
-    hub = FakeHub()
-    hub.add_repo("acme/x", {"main": {"f": b"1"}})
-    hub.down = True
-    endpoint = hub.start()
+    server = FakeHub()
+    server.add_repo("acme/x", {"main": {"f": b"1"}})
+    server.down = True
+    endpoint = server.start()
     assert endpoint.startswith("http://127.0.0.1:")
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{endpoint}/api/kernels/acme/x/refs", timeout=2)
-    hub.down = False
+    server.down = False
     with urllib.request.urlopen(f"{endpoint}/api/kernels/acme/x/refs", timeout=2) as r:
         assert r.status == 200
-    hub.stop()
-    hub.down, hub.down = True, False  # coming back up does not restart a stopped server
+    server.stop()
+    server.down, server.down = True, False  # coming back up does not restart a stopped server
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{endpoint}/api/kernels/acme/x/refs", timeout=2)
-    assert hub.start() == endpoint
-    hub.stop()
+    assert server.start() == endpoint
+    server.stop()
 
 
 # -- misc -------------------------------------------------------------------------------------------
@@ -315,28 +316,30 @@ def test_add_repo_from_dirs(tmp_path):
     (src / "torch-ext/relu/__init__.py").write_bytes(b"x = 1\n")
     (src / "torch-ext/relu/__pycache__/__init__.cpython-311.pyc").write_bytes(b"\0")
     (src / "torch-ext/relu/stale.pyc").write_bytes(b"\0")
-    hub = FakeHub()
-    shas = hub.add_repo_from_dirs("acme/relu", {"main": src})
+    server = FakeHub()
+    shas = server.add_repo_from_dirs("acme/relu", {"main": src})
     assert shas == FakeHub().add_repo(
         "acme/relu", {"main": {"build.toml": b"[general]\n", "torch-ext/relu/__init__.py": b"x = 1\n"}}
     )
 
 
-def test_server_is_quiet(hub, capfd):
+def test_server_is_quiet(acme_hub, capfd):
     paths = ("/api/kernels/acme/relu/refs", "/api/kernels/acme/missing", "/nothing/here", "/kernels/a/b/resolve/x/y")
     for path in paths:
         try:
-            urllib.request.urlopen(hub.endpoint + path, timeout=5).close()
+            urllib.request.urlopen(acme_hub.endpoint + path, timeout=5).close()
         except urllib.error.HTTPError:
             pass
-    with socket.create_connection(("127.0.0.1", int(hub.endpoint.rsplit(":", 1)[1]))) as s:
+    with socket.create_connection(("127.0.0.1", int(acme_hub.endpoint.rsplit(":", 1)[1]))) as s:
         s.sendall(b"GET /api/kernels/acme/relu/refs HTTP/1.0\r\n\r\n")  # hang up without reading
-    with socket.create_connection(("127.0.0.1", int(hub.endpoint.rsplit(":", 1)[1]))) as s:
+    with socket.create_connection(("127.0.0.1", int(acme_hub.endpoint.rsplit(":", 1)[1]))) as s:
         s.sendall(b"garbage\r\n\r\n")
-    time.sleep(0.2)
+        s.shutdown(socket.SHUT_WR)
+        s.recv(1 << 16)  # answered: accepted after the hang-up above (connections are accepted in order)
+    assert acme_hub.wait_idle()
     out, err = capfd.readouterr()
     assert out == "" and err == ""
-    assert ("GET", "/nothing/here") in hub.requests
+    assert ("GET", "/nothing/here") in acme_hub.requests
 
 
 def test_module_imports_no_third_party():

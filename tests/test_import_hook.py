@@ -8,7 +8,6 @@ import inspect
 import json
 import os
 import pickle
-import subprocess
 import sys
 import threading
 import traceback
@@ -22,7 +21,7 @@ import jitkernels.hub
 from jitkernels.errors import JitKernelsError
 from jitkernels.hub import HubFinder, KernelModuleNotFoundError
 
-from conftest import EXAMPLES, child_env, tree
+from conftest import EXAMPLES, run_python, tree
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 RMS = "jitkernels.hub.hf.jitkernels_examples__rms_norm"
@@ -124,8 +123,7 @@ def test_alias_packages_list_nothing_and_import_is_cheap(hub, tmp_path):
         "from jitkernels.hub.hf import *\n"
         "print(sorted(m for m in ('torch', 'huggingface_hub', 'wrapt', 'jitkernels.pipeline') if m in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env=child_env(HF_ENDPOINT=hub.endpoint))
+    out = run_python(code, timeout=60, HF_ENDPOINT=hub.endpoint)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
@@ -232,8 +230,7 @@ def test_pickle_by_reference_round_trips_in_a_fresh_process(online, tmp_path):
         "print(fn.__module__, type(layer).__module__)\n"
         "print(float(layer(torch.ones(2, 4)).sum()), float(fn(torch.ones(1, 4), torch.ones(4)).sum()))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env=child_env(JITKERNELS_PINS=pins, HF_ENDPOINT=online.endpoint))
+    out = run_python(code, timeout=120, JITKERNELS_PINS=pins, HF_ENDPOINT=online.endpoint)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.split("\n")
     assert lines[0] == f"{RMS}.functional {RMS}.layers"
@@ -301,8 +298,7 @@ def test_pin_files_upstream_lock_and_jitkernels_format(online, tmp_path, monkeyp
     code = "import jitkernels.hub.hf.kernels_test__pin_me as k; print(k.WHICH)"
     for pins, expected in ((pin_file, "main"), (lock, "other"),
                            (f"{pin_file}{os.pathsep}{lock}", "main")):  # earlier files win
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                             env=child_env(JITKERNELS_PINS=pins, HF_ENDPOINT=online.endpoint))
+        out = run_python(code, timeout=120, JITKERNELS_PINS=pins, HF_ENDPOINT=online.endpoint)
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == expected
 

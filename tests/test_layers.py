@@ -18,8 +18,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "jitkernels"
 
 #: Bottom to top. A name ending in ".*" covers a package's modules; a bare package name is its __init__.
 LAYERS = [
-    ("foundation", ["errors", "log", "config", "progress", "identity", "trust", "importer",
-                    "cache.layout", "cache.files", "machine", "upstream.lockfiles"]),
+    ("foundation", ["errors", "config", "log", "progress", "identity", "trust", "importer",
+                    "cache.layout", "cache.files", "machine", "upstream.lockfiles",
+                    "cache", "plan", "build", "build.native", "upstream", "testing"]),
     ("cache", ["cache.manifest", "cache.locks", "cache.workspaces", "cache.index", "cache.remote",
                "cache.entries", "cache.admin"]),
     ("warm path", ["warm"]),
@@ -28,7 +29,7 @@ LAYERS = [
               "plan.planner"]),
     ("build", ["build.toolchain", "build.python", "build.native.*"]),
     ("pipeline", ["pipeline", "batch"]),
-    ("entry points", ["hub", "hub.pins", "upstream.errors", "upstream.patching", "upstream.autopatch",
+    ("entry points", ["hub", "hub._pins", "upstream.errors", "upstream.patching", "upstream.autopatch",
                       "upstream.export", "cli", "cli.*", "testing.*", "__init__", "__main__"]),
 ]
 #: Packages whose __init__ only documents the package (importing one of its modules runs it).
@@ -80,13 +81,14 @@ def _edges(module: str, path: Path) -> list[tuple[str, int, bool]]:
                        for a in node.names if a.name == "jitkernels" or a.name.startswith("jitkernels.")]
         elif isinstance(node, ast.ImportFrom):
             if node.level == 0:
-                if node.module and (node.module == "jitkernels" or node.module.startswith("jitkernels.")):
-                    base = node.module[len("jitkernels."):] if "." in node.module else ""
-                    targets = [base]
-                    targets += [f"{base}.{a.name}" if base else a.name for a in node.names]
+                if not node.module or not (node.module == "jitkernels" or node.module.startswith("jitkernels.")):
+                    continue
+                base = node.module[len("jitkernels."):] if "." in node.module else ""
             else:
                 base = _resolve(module, path, node.level, node.module)
-                targets = [base] + [f"{base}.{a.name}" if base else a.name for a in node.names]
+            for alias in node.names:  # `from X import a`: the module X.a if there is one, else X itself
+                submodule = f"{base}.{alias.name}" if base else alias.name
+                targets.append(submodule if submodule in MODULES else base)
         for target in targets:
             target = target or "__init__"
             if target in MODULES:

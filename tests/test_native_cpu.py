@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -11,7 +9,7 @@ import torch
 import jitkernels
 from jitkernels.errors import BuildError
 
-from conftest import EXAMPLES, child_env
+from conftest import EXAMPLES, run_python
 
 pytestmark = pytest.mark.slow
 
@@ -43,8 +41,7 @@ def test_scaled_add_builds_from_hub_loads_and_warm_reload_never_compiles(online,
         "assert torch.equal(k.scaled_add(x, x, 2.0), 3 * x)\n"
         "print('MODULES', [m for m in ('huggingface_hub', 'torch.utils.cpp_extension') if m in sys.modules])\n"
     )
-    env = child_env(JITKERNELS_CACHE=shared_cache, JITKERNELS_DISABLE_BUILD=1, HF_HUB_OFFLINE=1)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    out = run_python(code, timeout=120, JITKERNELS_CACHE=shared_cache, JITKERNELS_DISABLE_BUILD=1, HF_HUB_OFFLINE=1)
     assert out.returncode == 0, out.stderr
     assert "MODULES []" in out.stdout
     assert online.requests == []

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import jitkernels
-from jitkernels import environment
+from jitkernels import machine as environment
 
 from conftest import EXAMPLES, FIXTURES
 
@@ -43,7 +43,7 @@ def test_build_command_compiles_for_an_arch_without_a_gpu_and_a_machine_of_that_
     import subprocess
     import sys
 
-    from jitkernels.cli import main
+    from jitkernels.cli.main import main
 
     from conftest import child_env
 

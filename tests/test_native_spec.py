@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from jitkernels import environment
-from jitkernels.buildconfig import parse_build_toml
-from jitkernels.native import flags as F
-from jitkernels.native.codegen import REGISTRATION_H
-from jitkernels.native.spec import make_spec
+from jitkernels import machine as environment
+from jitkernels.plan.buildconfig import parse_build_toml
+from jitkernels.build.native import flags as F
+from jitkernels.build.native.codegen import REGISTRATION_H
+from jitkernels.build.native.spec import make_spec
 
 from conftest import EXAMPLES, FIXTURES
 
@@ -76,7 +76,7 @@ def test_cuda_flags_match_kernel_builder(monkeypatch):
     ],
 )
 def test_a_section_for_other_gpus_is_compiled_to_ptx_only(caps, targets, expected):
-    from jitkernels.native.spec import section_gencode
+    from jitkernels.build.native.spec import section_gencode
 
     assert section_gencode(caps, targets) == expected
 
@@ -133,7 +133,7 @@ def test_build_inputs_are_in_the_key_by_content_not_by_folder(monkeypatch, tmp_p
 
 def test_build_input_folders_reach_every_compile_command(monkeypatch, tmp_path):
     from cutlass_archives import write_tree
-    from jitkernels.native.builder import write_ninja
+    from jitkernels.build.native.builder import write_ninja
 
     config = parse_build_toml((FIXTURES / "cutlass-gemm" / "build.toml").read_text())
     monkeypatch.setenv("JITKERNELS_CUTLASS_3_8_DIR", str(write_tree(tmp_path / "hdr")))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -21,10 +20,10 @@ import torch
 kernels = pytest.importorskip("kernels")
 
 import jitkernels  # noqa: E402
-from jitkernels import patching  # noqa: E402
+from jitkernels.upstream import patching  # noqa: E402
 from jitkernels.errors import InvalidKernelNameError, LockfileError, PatchError  # noqa: E402
 
-from conftest import EXAMPLES, child_env  # noqa: E402
+from conftest import EXAMPLES, run_python  # noqa: E402
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 RMS = "jitkernels-examples/rms-norm"
@@ -310,8 +309,7 @@ def test_patch_before_kernels_is_imported(online):
         "import kernels.load\n"
         "print('restored', kernels.get_kernel is kernels.load.__dict__['get_kernel'], type(kernels.get_kernel).__name__)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
-                         env=child_env(HF_ENDPOINT=online.endpoint))
+    out = run_python(code, timeout=180, HF_ENDPOINT=online.endpoint)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "early False False"
@@ -328,7 +326,6 @@ def test_unpatch_before_import_leaves_kernels_alone(online):
         "import kernels\n"
         "print(type(kernels.get_kernel).__name__)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
-                         env=child_env(HF_ENDPOINT=online.endpoint))
+    out = run_python(code, timeout=180, HF_ENDPOINT=online.endpoint)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "function"

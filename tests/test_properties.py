@@ -7,7 +7,7 @@ import string
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jitkernels.buildconfig import parse_build_toml
+from jitkernels.plan.buildconfig import parse_build_toml
 from jitkernels.errors import JitKernelsError
 from jitkernels.providers import get_provider
 

@@ -12,17 +12,16 @@ import logging
 import socket
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
 import pytest
 
-from jitkernels import remote
-from jitkernels.entries import write_manifest
+from jitkernels.cache import remote
+from jitkernels.cache.manifest import write_manifest
 from jitkernels.errors import CacheError, RemoteCacheError
 
-from conftest import child_env
+from conftest import child_env, run_python
 
 ENTRY = "_scaled_add_cpu_0123456789-89abcdef01234567"
 KEY = "89abcdef01234567" * 4
@@ -245,24 +244,22 @@ def test_missing_package_names_the_pip_line(blocked, url):
     # A fresh interpreter where the package cannot be imported, as on a machine without the extra.
     code = (
         f"import sys; sys.modules[{blocked!r}] = None\n"
-        "from jitkernels import remote\n"
+        "from jitkernels.cache import remote\n"
         "from jitkernels.errors import RemoteCacheError\n"
         "try:\n    remote.configured()\nexcept RemoteCacheError as exc:\n    print('ERROR', exc)\n"
     )
-    env = child_env(JITKERNELS_REMOTE_CACHE=url)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    out = run_python(code, timeout=60, JITKERNELS_REMOTE_CACHE=url)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ERROR") and "pip install 'jitkernels[remote]'" in out.stdout
     assert blocked in out.stdout
 
 
 _STORE = """
-import os, sys, time
+import sys
 from pathlib import Path
-from jitkernels import remote
-go = Path(sys.argv[2])
-while not go.exists():
-    time.sleep(0.005)
+from jitkernels.cache import remote
+print("ready", flush=True)
+sys.stdin.readline()  # the barrier: every builder is ready before any stores
 remote.configured().store({entry!r}, Path(sys.argv[1]))
 print("stored")
 """
@@ -273,12 +270,13 @@ def test_four_processes_storing_one_key_end_with_one_valid_entry(remote_url, mon
     entries = [make_entry(tmp_path / f"builder{i}" / ENTRY, library=f"library built by {i}".encode() * 5000)
                for i in range(4)]
     use_remote(monkeypatch, remote_url, "write")
-    go = tmp_path / "go"
-    env = child_env()
-    procs = [subprocess.Popen([sys.executable, "-c", _STORE.format(entry=ENTRY), str(e), str(go)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for e in entries]
-    time.sleep(1.0)  # let all four start and wait at the barrier
-    go.touch()
+    procs = [subprocess.Popen([sys.executable, "-c", _STORE.format(entry=ENTRY), str(e)], env=child_env(),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for e in entries]
+    assert [proc.stdout.readline().strip() for proc in procs] == ["ready"] * 4
+    for proc in procs:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
     for proc in procs:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0 and "stored" in out, err
@@ -312,10 +310,9 @@ def test_builder_fills_the_remote_and_other_machines_load_without_compiling(onli
     url = f"file://{shared}"
 
     def machine(name: str, **env) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", LOAD_SCALED_ADD], capture_output=True, text=True, timeout=900,
-                              env=child_env(JITKERNELS_CACHE=tmp_path / name / "jkcache",
-                                            HF_HOME=tmp_path / name / "hf", HF_HUB_CACHE=tmp_path / name / "hf" / "hub",
-                                            JITKERNELS_REMOTE_CACHE=url, **env))
+        return run_python(LOAD_SCALED_ADD, timeout=900, JITKERNELS_CACHE=tmp_path / name / "jkcache",
+                          HF_HOME=tmp_path / name / "hf", HF_HUB_CACHE=tmp_path / name / "hf" / "hub",
+                          JITKERNELS_REMOTE_CACHE=url, **env)
 
     builder = machine("builder", JITKERNELS_REMOTE_CACHE_MODE="write")
     assert builder.returncode == 0 and "OK" in builder.stdout, builder.stderr[-3000:]

@@ -177,7 +177,7 @@ def test_get_loaded_kernels_lists_what_jitkernels_loaded(online):
 
 
 def test_get_kernel_dep_returns_the_loaded_kernel(online, monkeypatch):
-    from jitkernels import patching
+    from jitkernels.upstream import patching
 
     monkeypatch.setattr(patching, "_LOADED", {})  # process-wide, like upstream's registry: start from none
     jitkernels.patch()

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import textwrap
 
-from conftest import EXAMPLES, child_env
+from conftest import EXAMPLES, run_python
 
-HEAVY = ("jitkernels.pipeline", "huggingface_hub", "jitkernels.planning", "jitkernels.buildconfig")
+HEAVY = ("jitkernels.pipeline", "huggingface_hub", "jitkernels.plan.planner", "jitkernels.plan.buildconfig")
 
 REPORT = """
 import sys
@@ -23,8 +20,7 @@ print(m.__name__, [n for n in {heavy!r} if n in sys.modules])
 
 
 def _child(code: str, **env) -> list[str]:
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300,
-                         env=child_env(**env))
+    out = run_python(code, **env)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout.split(" ", 1)
 
@@ -50,8 +46,7 @@ def test_local_kernel_warm_load_is_a_stat_check_and_an_import(tmp_path):
     functional = folder / "torch-ext" / "rms_norm" / "functional.py"
     functional.write_text(functional.read_text() + "\nEDITED = True\n")
     code_edit = code + "print(getattr(sys.modules[m.__name__ + '.functional'], 'EDITED', False))\n"
-    out = subprocess.run([sys.executable, "-c", code_edit], capture_output=True, text=True, timeout=300,
-                         env=child_env(LOCAL_KERNELS=local))
+    out = run_python(code_edit, LOCAL_KERNELS=local)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.split("\n")
     assert lines[0].split(" ", 1)[0] != first_name and "jitkernels.pipeline" in lines[0] and lines[1] == "True"

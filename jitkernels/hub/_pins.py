@@ -1,7 +1,8 @@
-"""Revision pins for the ``jitkernels.hub`` import form, and the upstream ``kernels.lock`` reader.
+"""Revision pins for the ``jitkernels.hub`` import form: :func:`pin`, and ``JITKERNELS_PINS`` files.
 
 Stdlib only (plus the light provider registry): imported by ``import jitkernels.hub``.
-See :mod:`jitkernels.hub` for the documented formats.
+See :mod:`jitkernels.hub` for the documented formats; upstream's ``kernels.lock``
+is read by :mod:`jitkernels.upstream.lockfiles`.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def key(provider, name: str) -> tuple[str, str]:
 
 
 def _check(revision, version) -> None:
-    from ..pipeline import revision_for  # validation only; pipeline is imported lazily here
+    from ..identity import revision_for
 
     if revision is None and version is None:
         raise InvalidKernelNameError("pin() needs revision= (branch, tag or commit) or version=N.")
@@ -85,52 +86,25 @@ def explicit() -> dict[tuple[str, str], Pin]:
 
 # -- files ----------------------------------------------------------------------
 
-def read_upstream_lock(data, where: str) -> dict[str, tuple[str, dict]]:
-    """Parse the upstream ``kernels`` 0.17 lock format: ``{repo_id: (commit, dependency)}``.
-
-    ``[{"dependency": {"repo-id": ..., "version": N | "revision": ...}, "lock": {"commit": "<hex>"}}, ...]``
-    """
-    from ..warm import is_commit
-
-    if not isinstance(data, list):
-        raise LockfileError(f"{where}: a kernels.lock file is a JSON list of {{dependency, lock}} entries.")
-    out: dict[str, tuple[str, dict]] = {}
-    for i, entry in enumerate(data):
-        dep = entry.get("dependency") if isinstance(entry, dict) else None
-        lock = entry.get("lock") if isinstance(entry, dict) else None
-        repo_id = dep.get("repo-id") if isinstance(dep, dict) else None
-        commit = lock.get("commit") if isinstance(lock, dict) else None
-        if not isinstance(repo_id, str) or not isinstance(commit, str) or not is_commit(commit.lower()):
-            raise LockfileError(
-                f"{where}: entry {i} is not {{\"dependency\": {{\"repo-id\": ...}}, \"lock\": {{\"commit\": "
-                f"\"<40 or 64 hex digits>\"}}}} (got {entry!r})."
-            )
-        if repo_id in out:
-            raise LockfileError(f"{where}: {repo_id} is locked twice.")
-        out[repo_id] = (commit.lower(), dep)
-    return out
-
-
-def load_upstream_lock(path) -> dict[str, tuple[str, dict]]:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise LockfileError(f"Cannot read lock file {path}: {exc}") from exc
-    return read_upstream_lock(data, str(path))
-
-
 def _parse_file(path: Path) -> dict[tuple[str, str], Pin]:
+    from ..upstream.lockfiles import MAX_LOCK_BYTES
+
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_LOCK_BYTES + 1)
+        if len(raw) > MAX_LOCK_BYTES:
+            raise ValueError(f"larger than {MAX_LOCK_BYTES >> 20} MiB")
+        data = json.loads(raw)
+    except (OSError, ValueError, RecursionError) as exc:
         raise LockfileError(f"{PINS_ENV}: cannot read pin file {path}: {exc}") from exc
     pins: dict[tuple[str, str], Pin] = {}
     source = str(path)
-    if isinstance(data, list):  # upstream kernels.lock
-        for repo_id, (commit, _dep) in read_upstream_lock(data, source).items():
+    if isinstance(data, list):  # a kernels.lock (upstream's or ours)
+        from ..upstream.lockfiles import parse_lock
+
+        for repo_id, locked in parse_lock(data, source).items():
             k = key("hf_kernels", repo_id)
-            pins.setdefault(k, Pin(k[0], repo_id, revision=commit, source=source))
+            pins.setdefault(k, Pin(k[0], repo_id, revision=locked.commit, source=source))
         return pins
     if not isinstance(data, dict) or not isinstance(data.get("pins"), list):
         raise LockfileError(f"{source}: a JitKernels pin file is {{\"version\": 1, \"pins\": [...]}} "
@@ -189,7 +163,7 @@ def write(path, pins=None) -> Path:
         entry = {k: v for k, v in asdict(p).items() if k != "source" and v not in (None, False)}
         data["pins"].append(entry)
     path = Path(path)
-    from ..cache import write_atomic
+    from ..cache.files import write_atomic
 
     try:
         write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())

@@ -10,7 +10,7 @@ Where the headers come from, in order:
    ``cutlass-<version>/include`` for the versions it provides;
 2. an installed ``nvidia-cutlass`` wheel of exactly that version (its headers
    are ``cutlass_library/source/include`` and ``.../tools/util/include``);
-3. the JitKernels cache, ``<cache>/inputs/cutlass/<version>/``, else the
+3. the JitKernels cache entry ``<cache>/entries/cutlass-<version>/``, else the
    tagged release archive, downloaded (``JITKERNELS_CUTLASS_URL``, default
    NVIDIA's GitHub), checked against the git tree ids pinned below, and
    unpacked there (``include/`` and ``tools/util/include/`` only) under a file
@@ -30,11 +30,13 @@ import hashlib
 import re
 from pathlib import Path
 
-from .. import cache, config, entries
+from .. import config
+from ..cache import entries, layout, workspaces
+from ..cache.manifest import check_entry, read_manifest
 from ..errors import BuildInputError, FetchError, OfflineError
-from ..warm import MANIFEST, check_entry, read_json
 from ..log import logger, warning_once
-from . import ResolvedInput, Resolver, gittree
+from .base import ResolvedInput, Resolver
+from . import gittree
 
 #: build.toml name -> CUTLASS release (huggingface/kernels nix-builder/pkgs/cutlass/default.nix).
 PINS = {
@@ -75,7 +77,7 @@ def pinned_digest(version: str) -> str:
 
 def cache_folder(version: str) -> Path:
     """The cache entry holding a verified release's ``include/`` and ``tools/util/include/``."""
-    return cache.entry_dir(f"cutlass-{version}")
+    return layout.entry_dir(f"cutlass-{version}")
 
 
 def _include_dirs(root: Path) -> tuple[str, ...]:
@@ -141,7 +143,7 @@ def _local(name: str, version: str) -> tuple[str, Path, str] | tuple[None, None,
 
 def _cached(version: str) -> Path | None:
     root = cache_folder(version)
-    manifest = read_json(root / MANIFEST)
+    manifest = read_manifest(root)
     if manifest and manifest.get("digest") == pinned_digest(version) and check_entry(root) is None:
         return root
     return None
@@ -243,7 +245,7 @@ def _download(url: str, target: Path, what: str) -> str:
 def download(name: str, version: str) -> Path:
     """Download, verify and unpack CUTLASS ``version`` into a cache entry (once; concurrent callers wait and reuse).
 
-    The entry goes through the one lifecycle (:func:`jitkernels.entries.obtain`); the archive is
+    The entry goes through the one lifecycle (:func:`jitkernels.cache.entries.obtain`); the archive is
     downloaded into a private staging folder of its own and unpacked by
     :func:`~jitkernels.inputs.archive.unpack_folders`, which writes into the entry's staging folder only.
     """
@@ -255,7 +257,7 @@ def download(name: str, version: str) -> Path:
         entries.discard(cache_folder(version))  # made for another pin
 
     def fill(out: Path, _work) -> dict:
-        with cache.staging(f"cutlass-{version}.download") as downloads:
+        with workspaces.staging(f"cutlass-{version}.download") as downloads:
             archive = downloads / f"cutlass-{version}.archive"
             sha256 = _download(url, archive, what)
             unpack_folders(archive, FOLDERS, out)

@@ -4,17 +4,16 @@ Declared in ``build.toml`` (``[general] kernel-depends`` and per backend,
 ``[general.cuda] kernel-depends``) and in a build variant's ``metadata.json``,
 as upstream's ``kernels-data`` schema has them:
 ``{ repo-id = "org/name", version = N }`` or ``{ repo-id = "org/name", revision = "..." }``.
-``version = N`` pins the branch ``vN`` (as ``load(version=N)``). A dependency
+``version = N`` pins the branch ``vN`` (as ``load(version=N)``). The pipeline
+loads them first (:func:`jitkernels.pipeline.load_dependencies`); a dependency
 that cannot be found names the kernel that needs it; a cycle names the chain.
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
-from ..errors import BuildConfigError, KernelNotFoundError, RevisionNotFoundError
-from . import KERNEL_DEPENDS, ResolvedInput, Resolver
+from .base import KERNEL_DEPENDS, ResolvedInput, Resolver
 
 
 @dataclass(frozen=True)
@@ -25,7 +24,7 @@ class KernelDependency:
 
     @classmethod
     def from_entry(cls, entry: dict) -> "KernelDependency":
-        """From a validated ``{repo-id, version | revision}`` table (see :func:`jitkernels.buildconfig.check_kernel_dependency`)."""
+        """From a validated ``{repo-id, version | revision}`` table (see :func:`jitkernels.plan.buildconfig.check_kernel_dependency`)."""
         return cls(entry["repo-id"], entry.get("version"), entry.get("revision"))
 
     @classmethod
@@ -48,49 +47,6 @@ def as_strings(entries) -> tuple[str, ...]:
     return tuple(str(KernelDependency.from_entry(e)) for e in entries)
 
 
-_ACTIVE = threading.local()
-
-
-def _stack() -> list[tuple[str, str]]:
-    if not hasattr(_ACTIVE, "stack"):
-        _ACTIVE.stack = []
-    return _ACTIVE.stack
-
-
-def load_first(inspection, backend: str) -> None:
-    """Load every ``kernel-depends`` of ``inspection`` (pinned) before it is prepared; refuse cycles."""
-    if not inspection.kernel_depends:
-        return
-    from ..pipeline import load_kernel
-
-    stack = _stack()
-    me = (inspection.provider, inspection.repo_id)
-    pushed = me not in stack
-    if pushed:
-        stack.append(me)
-    try:
-        for text in inspection.kernel_depends:
-            dep = KernelDependency.parse(text)
-            key = (inspection.provider, dep.repo_id)
-            if key in stack:
-                chain = [repo for _, repo in stack[stack.index(key):]] + [dep.repo_id]
-                raise BuildConfigError(
-                    f"Kernel dependency cycle: {' -> '.join(chain)} (kernel-depends). A kernel cannot need itself; "
-                    f"fix the kernel-depends of {inspection.repo_id}."
-                )
-            try:
-                load_kernel(inspection.provider, dep.repo_id, version=dep.version, revision=dep.revision,
-                            backend=backend)
-            except KernelNotFoundError as exc:
-                kind = RevisionNotFoundError if isinstance(exc, RevisionNotFoundError) else KernelNotFoundError
-                raise kind(
-                    f"{inspection.repo_id} needs kernel {dep} (kernel-depends), which cannot be found: {exc}"
-                ) from exc
-    finally:
-        if pushed:
-            stack.pop()
-
-
 class KernelDependsResolver(Resolver):
     kind = "kernel-depends"
     declared_in = KERNEL_DEPENDS
@@ -100,11 +56,10 @@ class KernelDependsResolver(Resolver):
 
     def describe(self, name, backend: str) -> ResolvedInput:
         from ..providers.base import KernelRef
-        from ..sources import local_override
-        from ..providers import KernelProvider
+        from ..providers.local import local_override
 
         dep = KernelDependency.parse(name)
-        local = local_override(KernelRef(KernelProvider.HF_KERNELS.value, dep.repo_id))
+        local = local_override(KernelRef("hf_kernels", dep.repo_id))
         if local is not None:
             return ResolvedInput(dep.repo_id, self.kind, dep.pin, "LOCAL_KERNELS", "load-first", location=str(local.path),
                                  detail="loaded (or built) before this kernel")

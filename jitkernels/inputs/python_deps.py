@@ -15,7 +15,7 @@ import importlib.util
 import sys
 
 from ..errors import MissingPythonDependencyError
-from . import PYTHON_DEPENDS, ResolvedInput, Resolver
+from .base import PYTHON_DEPENDS, ResolvedInput, Resolver
 
 #: name -> ((pip package, import name or None), ...); from kernels-data/src/python_dependencies.json.
 GENERAL = {

@@ -1,7 +1,7 @@
 """``torch``: the installed PyTorch, whose headers and libraries every native kernel builds against.
 
 Its version (and CUDA version, C++ ABI) is already part of the build key
-(:func:`jitkernels.native.spec.toolchain_facts`); its include and library
+(:func:`jitkernels.build.native.spec.toolchain_facts`); its include and library
 folders come from ``torch.utils.cpp_extension`` when the build runs.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from . import ResolvedInput, Resolver
+from .base import ResolvedInput, Resolver
 
 
 class TorchResolver(Resolver):
@@ -21,11 +21,11 @@ class TorchResolver(Resolver):
         return name == "torch"
 
     def describe(self, name, backend: str) -> ResolvedInput:
-        from .. import environment
+        from .. import machine
 
         spec = importlib.util.find_spec("torch")
         location = os.path.dirname(spec.origin) if spec is not None and spec.origin else None
-        return ResolvedInput(name, self.kind, version=environment.torch_version(), origin="installed",
+        return ResolvedInput(name, self.kind, version=machine.torch_version(), origin="installed",
                              status="ready", location=location)
 
 

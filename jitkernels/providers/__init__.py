@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
 from .. import config
 from ..errors import UnknownProviderError
 
-_BASE_NAMES = ("KernelRef", "Provider", "Snapshot", "is_commit")
+_BASE_NAMES = ("KernelRef", "Provider", "Snapshot")
 
 
 def __getattr__(name: str):
@@ -98,7 +98,6 @@ __all__ = [
     "Provider",
     "Snapshot",
     "get_provider",
-    "is_commit",
     "known_aliases",
     "provider_name",
     "register_provider",

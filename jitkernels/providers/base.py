@@ -12,8 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
-
-from ..warm import is_commit  # noqa: F401  (a full commit hash: the only revision that can never move)
+from ..identity import python_name
 
 
 @dataclass(frozen=True)
@@ -30,7 +29,7 @@ class KernelRef:
     @property
     def python_name(self) -> str:
         """The kernel's Python package name, as kernel-builder derives it (``-`` becomes ``_``)."""
-        return self.short_name.replace("-", "_")
+        return python_name(self.repo_id)
 
 
 class Snapshot(ABC):
@@ -43,7 +42,7 @@ class Snapshot(ABC):
     requested: str | None
     #: Every file path (``/``-separated, relative to the revision root).
     files: frozenset[str]
-    #: Who trusts this snapshot's code (see :data:`jitkernels.warm.DURABLE_GRANTS`): set by ``resolve``.
+    #: Who trusts this snapshot's code (see :data:`jitkernels.trust.DURABLE_GRANTS`): set by ``resolve``.
     trust: str | None = None
 
     @property

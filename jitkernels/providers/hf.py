@@ -16,38 +16,22 @@ Everything goes through huggingface_hub (its cache, token, ``HF_ENDPOINT``,
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
-from .. import cache, config
+from .. import config, identity
+from ..cache import index
 from ..errors import (
     FetchError,
-    InvalidKernelNameError,
     KernelNotFoundError,
     OfflineError,
     RevisionNotFoundError,
     TrustError,
 )
-from .. import warm
-from ..warm import caller_grant, is_commit
+from ..identity import is_commit
+from ..trust import caller_grant
 from .base import KernelRef, Provider, Snapshot
 
-_PART_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
-#: The kernel part also becomes a Python package name (``-`` -> ``_``), so no dots and a letter first.
-_KERNEL_RE = re.compile(r"^[A-Za-z](?:[A-Za-z0-9_-]{0,94}[A-Za-z0-9])?$")
 _REPO_TYPES = ("kernel", "model")
-
-_VERSION_BRANCH_RE = re.compile(r"^v(\d+)$")
-
-
-def _check_part(part: str, name: str, kernel: bool = False) -> str:
-    if not (_KERNEL_RE if kernel else _PART_RE).match(part) or ".." in part:
-        raise InvalidKernelNameError(
-            f"Invalid kernel name {name!r}: {part!r} must be letters, digits, '-' or '_' (and '.' in the "
-            f"organisation), starting with a letter (e.g. 'activation' or 'kernels-community/activation'), "
-            f"since it becomes a Python package name."
-        )
-    return part
 
 
 class HfSnapshot(Snapshot):
@@ -108,39 +92,15 @@ class HfKernelsProvider(Provider):
 
     # -- names ---------------------------------------------------------------
     def parse_name(self, name: str) -> KernelRef:
-        if not isinstance(name, str) or not name.strip():
-            raise InvalidKernelNameError(f"A kernel name must be a non-empty string, got {name!r}.")
-        name = name.strip()
-        parts = name.split("/")
-        if len(parts) == 1:
-            _check_part(parts[0], name, kernel=True)
-            return KernelRef(self.name, f"{config.hf_default_org()}/{parts[0].replace('_', '-')}")
-        if len(parts) == 2:
-            _check_part(parts[0], name)
-            _check_part(parts[1], name, kernel=True)
-            return KernelRef(self.name, name)
-        raise InvalidKernelNameError(
-            f"Invalid kernel name {name!r}: use a bare name ('activation') or 'org/name'."
-        )
+        return KernelRef(self.name, identity.hf_repo_id(name))
 
     def candidates(self, ref: KernelRef) -> list[KernelRef]:
-        org, short = ref.repo_id.split("/", 1)
-        if "_" in short:
-            return [KernelRef(self.name, f"{org}/{short.replace('_', '-')}")]
-        return []
+        other = identity.hyphenated(ref.repo_id)
+        return [KernelRef(self.name, other)] if other else []
 
     # -- revisions -------------------------------------------------------------
     def last_resolved(self, ref: KernelRef, revision: str | None) -> str | None:
-        return warm.last_resolved(self.name, ref.repo_id, revision)
-
-    def _remember(self, ref: KernelRef, revision: str | None, commit: str, repo_type: str) -> None:
-        try:
-            cache.write_json(
-                warm.refs_file(self.name, ref.repo_id, revision),
-                {"commit": commit, "repo_type": repo_type, "repo_id": ref.repo_id, "revision": revision},
-            )
-        except OSError:
-            pass  # only an offline fallback; never fail a load for it
+        return index.last_resolved(self.name, ref.repo_id, revision)
 
     def resolve(self, ref, revision, *, offline, trust_remote_code=False) -> HfSnapshot:
         """Resolve to a commit and decide trust: asked of the Hub online, read from our records offline."""
@@ -151,21 +111,14 @@ class HfKernelsProvider(Provider):
         snapshot = self._resolve_online(ref, revision)
         snapshot.trust = self.check_trust(ref, trust_remote_code)
         if snapshot.trust == "hub-flag":
-            self._record_grant(ref, snapshot.commit)
-        self._remember(ref, revision, snapshot.commit, snapshot.repo_type)  # only once it may be loaded
+            index.record_hub_grant(self.name, ref.repo_id, snapshot.commit)
+        index.remember_ref(self.name, ref.repo_id, revision, snapshot.commit, snapshot.repo_type)  # once it may load
         return snapshot
 
-    # -- trust -------------------------------------------------------------------
-    #
-    # One rule for every load, pinned or not, online or offline: a kernel's code runs only if this
-    # call grants trust (trust_remote_code, JITKERNELS_TRUSTED), its publisher is on the default
-    # list, or the Hub flags its publisher ``trustedKernelPublisher``: asked online, and recorded
-    # per commit under <cache>/trust/ so that an offline load of that commit can rely on it. A
-    # caller's grant is never recorded: loading a commit once with trust_remote_code=True does not
-    # make it loadable without it later.
+    # -- trust (the rule: jitkernels.trust) ------------------------------------------
 
     def check_trust(self, ref: KernelRef, trust_remote_code=False) -> str:
-        """How ``ref`` is trusted (a grant name, see :data:`jitkernels.warm.DURABLE_GRANTS`), or :class:`TrustError`."""
+        """How ``ref`` is trusted (a grant name, see :data:`jitkernels.trust.DURABLE_GRANTS`), or :class:`TrustError`."""
         grant = caller_grant(ref.repo_id, trust_remote_code)
         if grant is not None:
             return grant
@@ -183,21 +136,11 @@ class HfKernelsProvider(Provider):
             )
         return "hub-flag"
 
-    def _record_grant(self, ref: KernelRef, commit: str) -> None:
-        import time
-
-        try:
-            cache.write_json(cache.trust_file(self.name, ref.repo_id, commit), {
-                "repo_id": ref.repo_id, "commit": commit, "granted_by": "hub-flag", "time": time.time()})
-        except OSError:
-            pass  # a read-only cache: offline loads of this commit will need trust_remote_code
-
     def _offline_grant(self, ref: KernelRef, commit: str, trust_remote_code) -> str:
         grant = caller_grant(ref.repo_id, trust_remote_code)
         if grant is not None:
             return grant
-        record = warm.read_json(cache.trust_file(self.name, ref.repo_id, commit))
-        if record and record.get("granted_by") == "hub-flag" and record.get("commit") == commit:
+        if index.hub_grant_recorded(self.name, ref.repo_id, commit):
             return "hub-flag"
         raise TrustError(
             f"Offline: kernel {ref.repo_id}@{commit[:12]} is not from a trusted publisher, and no record shows "
@@ -253,8 +196,7 @@ class HfKernelsProvider(Provider):
         ) from last_error
 
     def _repo_type_order(self, ref: KernelRef) -> tuple[str, ...]:
-        record = warm.read_json(warm.refs_file(self.name, ref.repo_id, None))
-        if record and record.get("repo_type") == "model":
+        if index.last_repo_type(self.name, ref.repo_id) == "model":
             return ("model", "kernel")
         return _REPO_TYPES
 
@@ -265,7 +207,7 @@ class HfKernelsProvider(Provider):
     def _default_revision(self, api, ref: KernelRef, repo_type: str) -> str:
         """The newest ``vN`` branch if the repo has version branches, else ``main`` (as ``kernels info``)."""
         versions = sorted(
-            int(m.group(1)) for b in self._branches(api, ref, repo_type) if (m := _VERSION_BRANCH_RE.match(b))
+            int(m.group(1)) for b in self._branches(api, ref, repo_type) if (m := identity.VERSION_BRANCH_RE.match(b))
         )
         return f"v{versions[-1]}" if versions else "main"
 
@@ -274,7 +216,7 @@ class HfKernelsProvider(Provider):
             branches = self._branches(api, ref, repo_type)
         except Exception:
             return "unknown (the branch list could not be read)"
-        versions = sorted(int(m.group(1)) for b in branches if (m := _VERSION_BRANCH_RE.match(b)))
+        versions = sorted(int(m.group(1)) for b in branches if (m := identity.VERSION_BRANCH_RE.match(b)))
         shown = ", ".join(f"version={v}" for v in versions) or "none"
         return f"{shown}; branches: {', '.join(sorted(branches)) or 'none'}"
 
@@ -313,6 +255,4 @@ class HfKernelsProvider(Provider):
 
 
 def _version() -> str:
-    from .. import __version__
-
-    return __version__
+    return config.VERSION

@@ -83,6 +83,24 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     hub: FakeHub
 
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.active = 0  # connections accepted and not yet done with
+        self.idle = threading.Condition()
+
+    def process_request(self, request, client_address) -> None:  # the serving thread, right after accept
+        with self.idle:
+            self.active += 1
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.idle:
+                self.active -= 1
+                self.idle.notify_all()
+
     def handle_error(self, request, client_address) -> None:  # quiet: clients hang up at will
         pass
 
@@ -229,6 +247,14 @@ class FakeHub:
         if server is not None:
             server.shutdown()
             server.server_close()
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Wait until every connection accepted so far has been handled (True), or ``timeout`` passed."""
+        server = self._server
+        if server is None:
+            return True
+        with server.idle:
+            return server.idle.wait_for(lambda: server.active == 0, timeout)
 
     # -- requests -------------------------------------------------------------------------
     def _handle(self, h: _Handler, method: str) -> None:

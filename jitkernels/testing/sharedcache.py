@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..native.compiler_cache import find_binary
+from ..build.native.compiler_cache import find_binary
 
 
 def free_port() -> int:

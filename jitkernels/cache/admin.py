@@ -1,0 +1,165 @@
+"""What an operator does with a cache: list its entries, look at one, prune, clear.
+
+Every removal takes the entry's lock without waiting (the same lock a load
+holds while it makes or replaces the entry) and skips the entry if someone
+holds it, then moves it out with one rename (:func:`jitkernels.cache.entries.discard`):
+a load racing a prune either finds the whole entry or none, and rebuilds it.
+Indexes that pointed to a removed entry are harmless: a load finds the entry
+gone and takes the cold path.
+
+"Last use" is when a load last imported the entry: the warm path refreshes the
+entry folder's mtime at most once an hour (:func:`jitkernels.cache.index.note_use`;
+a read-only cache keeps its publication time). A long-lived process that
+imported a kernel keeps its modules after a prune; only later loads rebuild.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import LockTimeoutError
+from . import entries, layout, locks, workspaces
+from .files import read_json
+from .layout import MANIFEST
+from .manifest import check_entry
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    name: str
+    kernel: str | None
+    revision: str | None
+    backend: str | None
+    kind: str  # "python" | "native" | "git-source"
+    archs: list
+    abi: str | None
+    torch: str | None
+    size: int
+    created: float | None
+    last_use: float | None
+    intact: bool
+    problem: str | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _size_and_last_use(folder: Path) -> tuple[int, float | None]:
+    """Total size, and the last load (the folder's mtime, see :func:`jitkernels.cache.index.note_use`)."""
+    size = 0
+    for path in folder.rglob("*"):
+        try:
+            if path.is_file():
+                size += path.stat().st_size
+        except OSError:
+            continue
+    try:
+        last = folder.stat().st_mtime
+    except OSError:
+        last = None
+    return size, last
+
+
+def describe(folder: Path) -> EntryInfo:
+    manifest = read_json(folder / MANIFEST) or {}
+    inspection = manifest.get("inspection") if isinstance(manifest.get("inspection"), dict) else {}
+    toolchain = manifest.get("toolchain") if isinstance(manifest.get("toolchain"), dict) else {}
+    if "git" in manifest:
+        kind = "git-source"
+    elif "build_key" in manifest:
+        kind = "native"
+    else:
+        kind = "python"
+    size, last = _size_and_last_use(folder)
+    problem = check_entry(folder)
+    return EntryInfo(
+        name=folder.name,
+        kernel=inspection.get("repo_id") or (manifest.get("git") or {}).get("url"),
+        revision=inspection.get("revision") or (manifest.get("git") or {}).get("commit"),
+        backend=inspection.get("backend"),
+        kind=kind,
+        archs=list(manifest.get("archs") or []),
+        abi=toolchain.get("python"),
+        torch=toolchain.get("torch_build"),
+        size=size,
+        created=manifest.get("created") if isinstance(manifest.get("created"), (int, float)) else None,
+        last_use=last,
+        intact=problem is None,
+        problem=problem,
+    )
+
+
+def list_entries() -> list[EntryInfo]:
+    folder = layout.entries_dir()
+    if not folder.is_dir():
+        return []
+    return [describe(p) for p in sorted(folder.iterdir()) if p.is_dir()]
+
+
+def find(name: str) -> list[EntryInfo]:
+    """Entries whose folder name, or kernel (repo id), or kernel short name is ``name``."""
+    return [e for e in list_entries()
+            if name in (e.name, e.kernel) or (e.kernel and e.kernel.rsplit("/", 1)[-1] == name)]
+
+
+def loadable_with(info: EntryInfo, python_abi: str, torch_build: str) -> bool:
+    """Could an interpreter with this Python ABI tag and torch build load the entry? Only native entries care."""
+    return info.kind != "native" or (info.abi == python_abi and info.torch == torch_build)
+
+
+def remove(info: EntryInfo, dry_run: bool = False) -> bool:
+    """Remove one entry unless its lock is held (a load is making or replacing it). True if removed."""
+    folder = layout.entry_dir(info.name)
+    if dry_run:
+        return True
+    try:
+        with locks.hold(f"entry:{info.name}", "removing a cache entry", wait=False):
+            if folder.exists():
+                entries.discard(folder)
+            return True
+    except LockTimeoutError:
+        return False
+
+
+def prune(older_than_days: float | None = None, unloadable: tuple[str, str] | None = None, damaged: bool = False,
+          dry_run: bool = False) -> tuple[list[EntryInfo], list[EntryInfo]]:
+    """Remove entries unused for ``older_than_days``, or not loadable with ``unloadable`` (the Python ABI tag and
+    torch build of the interpreter that asks), or damaged.
+
+    Returns (removed, kept because in use).
+    """
+    now = time.time()
+    removed, busy = [], []
+    for info in list_entries():
+        stale = older_than_days is not None and (info.last_use or info.created or 0) < now - older_than_days * 86400
+        if stale or (unloadable and not loadable_with(info, *unloadable)) or (damaged and not info.intact):
+            (removed if remove(info, dry_run) else busy).append(info)
+    return removed, busy
+
+
+def clear(dry_run: bool = False) -> tuple[list[EntryInfo], list[EntryInfo]]:
+    """Remove every entry (skipping those in use) and the indexes, memos, logs and idle workspaces."""
+    removed, busy = [], []
+    for info in list_entries():
+        (removed if remove(info, dry_run) else busy).append(info)
+    if not dry_run:
+        for sub in layout.DERIVED:
+            shutil.rmtree(layout.root() / sub, ignore_errors=True)
+        workspaces.sweep_workspaces(max_idle=0)
+        workspaces.sweep(layout.staging_dir())
+    return removed, busy
+
+
+def verify() -> tuple[int, list[dict]]:
+    """Re-hash every published entry (the full check; loads only compare sizes): ``(entries, damaged)``."""
+    folder = layout.entries_dir()
+    names = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    damaged = []
+    for entry in names:
+        problem = check_entry(entry, full=True)
+        if problem:
+            damaged.append({"entry": entry.name, "problem": problem})
+    return len(names), damaged

@@ -1,0 +1,627 @@
+"""``jitkernels.patch()``: make the upstream ``kernels`` package load kernels through JitKernels.
+
+Existing call sites keep working unchanged::
+
+    import jitkernels, kernels
+    jitkernels.patch()                       # or: with jitkernels.patch(): ... / @jitkernels.patch()
+    act = kernels.get_kernel("kernels-community/activation", version=1)   # a JitKernels module
+    jitkernels.unpatch()                     # the exact upstream functions again
+
+What is redirected (every by-name binding; upstream 0.17 re-binds each
+function in several modules, so patching only ``kernels.get_kernel`` would
+miss the layer machinery):
+
+================================  =================================================================
+binding                           JitKernels replacement
+================================  =================================================================
+``kernels.get_kernel``,           ``jitkernels.load(provider, repo_id, revision|version, backend,
+``kernels.load.get_kernel``,      trust_remote_code)``
+``kernels.layer.layer.get_kernel``  (``LayerRepository.load``),
+``kernels.layer.func.get_kernel``   (``FuncRepository.load``)
+``kernels.has_kernel``,           ``jitkernels.has`` (True iff JitKernels can load it here;
+                                  ``trust_remote_code``/``check_arch`` accepted, not needed to inspect)
+``kernels.load.has_kernel``
+``kernels.get_local_kernel``,     ``jitkernels.load_local(repo_path, backend=...)``
+``kernels.load.get_local_kernel``,  (``LocalLayerRepository`` / ``LocalFuncRepository``)
+``kernels.layer.layer.``/``func.get_local_kernel``
+``kernels.load_kernel``,          the locked commit of ``repo_id`` in ``lockfile`` (upstream 0.17
+``kernels.load.load_kernel``      format; ``None`` = the caller's package metadata), loaded by commit
+``kernels.get_locked_kernel``,    same, with ``trust_remote_code``
+``kernels.load.get_locked_kernel``
+``kernels.layer.layer.``/``func.  ``LockedLayerRepository`` / ``LockedFuncRepository``: the commit the
+get_kernel_with_resolver``        resolver's lock gives for the kernel (other resolvers: upstream)
+``kernels.layer.layer.``/``func.  ``LayerRepository(version=N)`` resolves to the branch ``vN`` (JitKernels
+select_revision_or_version``      resolves it to a commit when loading) without a Hub request
+``kernels.install_kernel``,       prepares (fetches, builds) and imports the kernel; returns the folder
+``kernels.install.install_kernel``  of the prepared package (``local_files_only=True``: nothing is fetched)
+``kernels.get_loaded_kernels``,   upstream's records plus one ``LoadedKernel`` per kernel loaded through
+``kernels.importer.``...          the patched functions (``metadata``: ``id`` is the op namespace, ``name``
+                                  the repo name, ``version`` the N of ``version=N`` else 0, ``license``
+                                  "unknown": JitKernels builds from source and has no variant metadata)
+``kernels.get_kernel_dep``,       during an upstream load, upstream's; otherwise the module JitKernels
+``kernels.deps.get_kernel_dep``   loaded for that repo id in this process (its ``kernel-depends`` are
+                                  loaded first), a ``RuntimeError`` as upstream if none or several
+================================  =================================================================
+
+``kernelize``, ``use_kernel_forward_from_hub``, ``use_kernel_mapping`` and the
+``*Repository`` classes are not replaced: they call the bindings above.
+``patch()`` and ``unpatch()`` clear kernelize's layer memo
+(``kernels.layer.layer._CACHED_LAYER``) and the ``_resolve_revision`` caches,
+so a model kernelized after the switch resolves through the active loader
+(a model kernelized *before* keeps the forward it was given).
+
+Arguments keep their upstream meaning; upstream's signatures are enforced
+(an unknown keyword is a ``TypeError``, exactly one of ``revision``/``version``
+is required as upstream). ``user_agent`` is accepted and ignored (JitKernels
+sends its own); ``check_arch`` is accepted: JitKernels builds or picks code
+for this machine, so there is nothing to check. ``backend`` must be one of
+JitKernels' backends. Errors are JitKernels' and also instances of what
+upstream raises in the same situation (see :mod:`jitkernels.upstream.errors`):
+a kernel that cannot be built here is an ``UnsupportedKernelError`` *and* a
+``FileNotFoundError``, so ``kernelize(..., use_fallback=...)`` keeps the
+original layer exactly as it does for a missing upstream build variant.
+
+Opt-in fallback to upstream's binaries: ``patch(fallback="upstream")`` or
+``JITKERNELS_FALLBACK=upstream`` hands a kernel JitKernels cannot build
+(``UnsupportedKernelError``, ``BuildError``, ``ToolchainError``) to the
+original upstream function, with one warning naming the kernel and the
+reason; ``has_kernel`` asks upstream when JitKernels says no. Off by default:
+the default stays "fail loudly".
+
+``patch()`` is idempotent (a second call only changes the provider and fallback), thread
+safe, and works whether ``kernels`` is imported before or after it (a wrapt
+post-import hook patches it when it is first imported). ``unpatch()`` puts
+the exact original function objects back (checked by identity in the
+tests); a binding someone else re-wrapped after us is left alone with a warning.
+
+``load_kernel`` upstream never downloads; patched, a locked commit that is
+not prepared yet is fetched (set ``HF_HUB_OFFLINE=1`` for cache-only). Not
+redirected: ``get_kernel_variants`` (it reports which of a repository's
+prebuilt binary variants fit this machine, which stays true and useful;
+``jitkernels.inspect`` says what JitKernels would do) and the ``kernels`` CLI
+(a separate program; ``jitkernels`` has the matching commands).
+
+``kernels`` not installed: ``patch()`` raises :class:`~jitkernels.errors.PatchError`;
+the autopatch hook (``JITKERNELS_AUTOPATCH=1``) instead warns once and does nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import inspect
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+from ..errors import InvalidKernelNameError, LockfileError, PatchError
+
+__all__ = ["patch", "unpatch", "is_patched", "PATCHED_BINDINGS", "Patch"]
+
+#: module -> names of the bindings replaced there (upstream kernels 0.17.x).
+PATCHED_BINDINGS: dict[str, tuple[str, ...]] = {
+    "kernels": ("get_kernel", "has_kernel", "get_local_kernel", "load_kernel", "get_locked_kernel"),
+    "kernels.load": ("get_kernel", "has_kernel", "get_local_kernel", "load_kernel", "get_locked_kernel"),
+    "kernels.layer.layer": ("get_kernel", "get_local_kernel", "get_kernel_with_resolver", "select_revision_or_version"),
+    "kernels.layer.func": ("get_kernel", "get_local_kernel", "get_kernel_with_resolver", "select_revision_or_version"),
+    "kernels.install": ("install_kernel",),
+    "kernels.importer": ("get_loaded_kernels",),
+    "kernels.deps": ("get_kernel_dep",),
+}
+PATCHED_BINDINGS["kernels"] += ("install_kernel", "get_loaded_kernels", "get_kernel_dep")
+
+#: Bindings that load a kernel: the upstream fallback applies to them, and what they return is recorded.
+_LOADERS = ("get_kernel", "get_local_kernel", "load_kernel", "get_locked_kernel", "get_kernel_with_resolver",
+            "install_kernel")
+FALLBACK_ENV = "JITKERNELS_FALLBACK"
+
+_LOCK = threading.RLock()
+
+
+class _State:
+    active = False
+    provider = "hf_kernels"
+    fallback: str | None = None  # patch(fallback=...); None: JITKERNELS_FALLBACK decides
+    hook_registered = False
+    #: (module name, attribute) -> (original object, our wrapper)
+    originals: dict[tuple[str, str], tuple[object, object]] = {}
+
+
+_STATE = _State()
+
+
+# -- argument mapping ----------------------------------------------------------------
+
+def _one_of(revision, version) -> None:
+    # Upstream's contract (kernels._versions.select_revision_or_version), kept so call sites behave alike.
+    if revision is not None and version is not None:
+        raise InvalidKernelNameError("Only one of `revision` or `version` must be specified.")
+    if revision is None and version is None:
+        raise InvalidKernelNameError(
+            "A kernel version or revision must be specified. Use `version=<major>` or "
+            "`revision=<branch/tag/commit>` (as upstream kernels requires)."
+        )
+
+
+def _bind(original, args, kwargs) -> dict:
+    """Bind a call against the *upstream* signature: unknown or missing arguments fail like upstream."""
+    try:
+        bound = inspect.signature(original).bind(*args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"{original.__module__}.{original.__name__}() (patched by jitkernels): {exc}") from None
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def _get_kernel(original, a: dict):
+    from ..pipeline import load_kernel
+
+    _one_of(a["revision"], a["version"])
+    # user_agent: ignored (documented); check_arch: nothing to check, code is built for this machine.
+    return load_kernel(_STATE.provider, a["repo_id"], revision=a["revision"], version=a["version"],
+                       backend=a["backend"], trust_remote_code=a["trust_remote_code"])
+
+
+def _has_kernel(original, a: dict) -> bool:
+    from ..pipeline import has_kernel
+
+    _one_of(a["revision"], a["version"])
+    return has_kernel(_STATE.provider, a["repo_id"], revision=a["revision"], version=a["version"],
+                      backend=a["backend"])
+
+
+def _get_local_kernel(original, a: dict):
+    from ..pipeline import load_local_path
+
+    return load_local_path(a["repo_path"], backend=a["backend"])
+
+
+def _caller_lock_json() -> tuple[str, str]:
+    """Upstream's ``lockfile=None``: ``kernels.lock`` in the metadata of the calling package's distribution."""
+    import importlib.metadata
+
+    skip = ("jitkernels", "kernels", "wrapt", "importlib", "functools", "contextlib")
+    frame = sys._getframe(1)
+    module_name = None
+    while frame is not None:
+        name = frame.f_globals.get("__name__", "")
+        if name.split(".")[0] not in skip:
+            module_name = name
+            break
+        frame = frame.f_back
+    if module_name:
+        package = module_name.split(".")[0]
+        for dist_name in importlib.metadata.packages_distributions().get(package, []):
+            text = importlib.metadata.distribution(dist_name).read_text("kernels.lock")
+            if text is not None:
+                return text, f"kernels.lock of distribution {dist_name}"
+    raise LockfileError(
+        "Could not find a `kernels.lock` file in the caller's package metadata. Pass lockfile=Path(...) "
+        "or lock kernels with `kernels lock <project>` and reinstall the project."
+    )
+
+
+def _locked_commit(repo_id: str, lockfile) -> str:
+    from .lockfiles import parse_text, read_lock
+
+    if lockfile is None:
+        text, where = _caller_lock_json()
+        locks = parse_text(text, where)
+    else:
+        locks = read_lock(Path(lockfile))
+    if repo_id not in locks:
+        raise LockfileError(
+            f"Kernel `{repo_id}` is not locked in {lockfile or 'the caller package metadata'}. "
+            f"Please lock it with `kernels lock <project>`."
+        )
+    return locks[repo_id].commit
+
+
+def _load_kernel(original, a: dict):
+    from ..pipeline import load_kernel
+
+    commit = _locked_commit(a["repo_id"], a["lockfile"])
+    return load_kernel(_STATE.provider, a["repo_id"], revision=commit, backend=a["backend"])
+
+
+def _get_locked_kernel(original, a: dict):
+    from ..pipeline import load_kernel
+
+    commit = _locked_commit(a["repo_id"], a["lockfile"])
+    return load_kernel(_STATE.provider, a["repo_id"], revision=commit,
+                       trust_remote_code=a["trust_remote_code"])
+
+
+_LOCKED_RESOLVERS = ("LockedHubResolver", "LockedHubCacheResolver")
+
+
+def _get_kernel_with_resolver(original, a: dict):
+    """``Locked{Layer,Func}Repository.load``: the resolver carries the lock; load its commit with JitKernels."""
+    from ..pipeline import load_kernel
+
+    resolver, kernel = a["resolver"], a["kernel"]
+    if type(resolver).__name__ not in _LOCKED_RESOLVERS:
+        return original(**a)  # only the Locked* repositories call this binding in kernels 0.17
+    lock = resolver.kernel_locks.get(kernel)
+    if lock is None:
+        raise LockfileError(f"Kernel `{kernel.repo_id}` is not locked.")
+    return load_kernel(_STATE.provider, kernel.repo_id, revision=lock.commit, backend=a["backend"],
+                       trust_remote_code=getattr(resolver, "trust_remote_code", False))
+
+
+def _select_revision_or_version(original, a: dict) -> str:
+    """``LayerRepository(version=N)``: no Hub request here; JitKernels resolves ``vN`` when loading."""
+    from ..identity import revision_for
+
+    _one_of(a["revision"], a["version"])
+    return revision_for(a["revision"], a["version"])
+
+
+def _install_kernel(original, a: dict):
+    """Upstream downloads a variant and returns its folder; JitKernels prepares (builds) and returns the package's."""
+    from ..pipeline import load_kernel
+
+    _one_of(a["revision"], a["version"])
+    load = functools.partial(load_kernel, _STATE.provider, a["repo_id"], revision=a["revision"],
+                             version=a["version"], backend=a["backend"], trust_remote_code=a["trust_remote_code"])
+    module = _offline_call(load) if a["local_files_only"] else load()
+    return Path(module.__file__).parent
+
+
+_OFFLINE_LOCK = threading.Lock()
+
+
+def _offline_call(call):
+    """Run ``call`` as if HF_HUB_OFFLINE=1 (upstream's ``local_files_only=True``; one such call at a time).
+
+    The switch is process-wide while it runs: another thread's load meanwhile is offline too.
+    """
+    import os
+
+    with _OFFLINE_LOCK:
+        saved = os.environ.get("HF_HUB_OFFLINE")
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        try:
+            return call()
+        finally:
+            if saved is None:
+                os.environ.pop("HF_HUB_OFFLINE", None)
+            else:
+                os.environ["HF_HUB_OFFLINE"] = saved
+
+
+#: id(module) -> (module, repo_id, revision, version) of every kernel the patched loaders returned.
+_LOADED: dict[int, tuple] = {}
+
+
+def _record(name: str, a: dict, module) -> None:
+    if name == "install_kernel" or not hasattr(module, "__file__"):
+        return
+    repo_id = a.get("repo_id") or getattr(a.get("kernel"), "repo_id", None) or str(a.get("repo_path", ""))
+    _LOADED.setdefault(id(module), (module, repo_id, a.get("revision"), a.get("version")))
+
+
+def _get_loaded_kernels(original, a: dict) -> list:
+    """Upstream's records, then the kernels the patched loaders returned (see the module docstring)."""
+    import json
+
+    from kernels import LoadedKernel
+    from kernels._rust import Metadata
+
+    from ..cache.layout import MANIFEST
+
+    out = list(original())
+    seen = {id(k.module) for k in out}
+    RepoInfo = getattr(sys.modules.get("kernels.hf_hub"), "RepoInfo", None)
+    for module, repo_id, revision, version in list(_LOADED.values()):
+        if id(module) in seen:
+            continue
+        package = Path(module.__file__).parent
+        try:
+            inspection = json.loads((package.parent / MANIFEST).read_text()).get("inspection", {})
+        except (OSError, ValueError):
+            inspection = {}
+        commit = inspection.get("revision") or revision
+        metadata = Metadata.from_bytes(json.dumps({
+            "id": inspection.get("module_name") or module.__name__,
+            "name": (repo_id or module.__name__).rsplit("/", 1)[-1].replace("_", "-"),
+            "version": version if isinstance(version, int) else 0,
+            "license": "unknown",
+            "python-depends": list(inspection.get("python_depends", [])),
+            "backend": {"type": inspection.get("backend", "cpu")},
+        }).encode())
+        info = RepoInfo(repo_id=repo_id, revision=commit) if RepoInfo and repo_id and commit else None
+        out.append(LoadedKernel(metadata=metadata, module=module, repo_info=info))
+    return out
+
+
+def _get_kernel_dep(original, a: dict):
+    """Inside upstream's loader: upstream's. Otherwise the one module JitKernels loaded for that repo id."""
+    deps_module = sys.modules.get("kernels.deps")
+    context = getattr(deps_module, "_KERNEL_DEPS", None)
+    if context is not None and context.get() is not None:
+        return original(**a)
+    from .. import config, warm
+
+    repo_id, root = a["repo_id"], str(config.cache_dir())
+    # warm.LOADED: (cache root, provider, repo id or "name:...", commit, backend) -> module
+    found = {id(m): m for key, m in list(warm.LOADED.items())
+             if key[:1] == (root,) and key[2:3] in ((repo_id,), ("name:" + repo_id,))}
+    found.update({id(m): m for m, rid, _r, _v in list(_LOADED.values()) if rid == repo_id})
+    if len(found) == 1:
+        return next(iter(found.values()))
+    if not found:
+        raise RuntimeError(
+            f"Dependency '{repo_id}' not found in kernel dependencies. Ensure the dependency is added to "
+            f"`kernel-deps` in build.toml (jitkernels: no kernel of that repository is loaded in this process)."
+        )
+    raise RuntimeError(f"Dependency '{repo_id}': {len(found)} different builds of it are loaded in this process "
+                       f"({', '.join(sorted(m.__name__ for m in found.values()))}); jitkernels cannot tell which one.")
+
+
+_REPLACEMENTS = {
+    "get_kernel": _get_kernel,
+    "has_kernel": _has_kernel,
+    "get_local_kernel": _get_local_kernel,
+    "load_kernel": _load_kernel,
+    "get_locked_kernel": _get_locked_kernel,
+    "get_kernel_with_resolver": _get_kernel_with_resolver,
+    "select_revision_or_version": _select_revision_or_version,
+    "install_kernel": _install_kernel,
+    "get_loaded_kernels": _get_loaded_kernels,
+    "get_kernel_dep": _get_kernel_dep,
+}
+
+
+def fallback_mode() -> str | None:
+    """``"upstream"`` when kernels JitKernels cannot build go to upstream's loader, else None (the default)."""
+    from .. import config
+
+    value = _STATE.fallback if _STATE.fallback is not None else config.fallback()
+    value = value.strip().lower()
+    if value in ("", "none", "off", "0", "false", "no"):
+        return None
+    if value == "upstream":
+        return "upstream"
+    from ..log import warning_once
+
+    warning_once(f"{FALLBACK_ENV}={value!r} is not understood (use 'upstream' or leave it unset); no fallback.")
+    return None
+
+
+def _check_fallback(value) -> str | None:
+    if value is None or value is False:
+        return None
+    if isinstance(value, str) and value.strip().lower() in ("upstream", "none", "off"):
+        return value.strip().lower()
+    raise PatchError(f"jitkernels.patch(fallback={value!r}): use fallback='upstream' or None.")
+
+
+def _cannot_build(exc: BaseException) -> bool:
+    from ..errors import BuildError, UnsupportedKernelError
+
+    return isinstance(exc, (UnsupportedKernelError, BuildError))
+
+
+def _kernel_named(a: dict) -> str:
+    kernel = a.get("kernel")
+    return a.get("repo_id") or getattr(kernel, "repo_id", None) or str(a.get("repo_path", "the kernel"))
+
+
+def _hand_to_upstream(name: str, a: dict, exc: BaseException, wrapped, args, kwargs):
+    from ..log import warning_once
+
+    reason = getattr(exc, "reason", None)
+    why = f"{reason}: " if reason else ""
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    warning_once(f"jitkernels: cannot build {_kernel_named(a)} here ({why}{first_line}); "
+                 f"{FALLBACK_ENV}=upstream hands it to upstream kernels' {name}.")
+    return wrapped(*args, **kwargs)
+
+
+def _make_wrapper(original, replacement, name: str = ""):
+    import wrapt
+
+    from ..errors import JitKernelsError
+    from .errors import upstream_compatible
+
+    def wrapper(wrapped, instance, args, kwargs):
+        a = _bind(wrapped, args, kwargs)
+        try:
+            result = replacement(wrapped, a)
+        except JitKernelsError as exc:
+            if name in _LOADERS and fallback_mode() == "upstream" and _cannot_build(exc):
+                return _hand_to_upstream(name, a, exc, wrapped, args, kwargs)
+            compatible = upstream_compatible(exc)
+            if compatible is exc:
+                raise
+            raise compatible from exc.__cause__
+        if name == "has_kernel" and result is False and fallback_mode() == "upstream":
+            return wrapped(*args, **kwargs)
+        if name in _LOADERS:
+            _record(name, a, result)
+        return result
+
+    proxy = wrapt.FunctionWrapper(original, wrapper)
+    return proxy
+
+
+# -- applying ---------------------------------------------------------------------------
+
+def _apply() -> None:
+    """Wrap every binding of the (imported) ``kernels`` package. Caller holds ``_LOCK``."""
+    missing = []
+    for module_name, names in PATCHED_BINDINGS.items():
+        module = sys.modules.get(module_name)
+        if module is None:
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as exc:
+                missing.append(f"{module_name} ({exc})")
+                continue
+        for name in names:
+            if (module_name, name) in _STATE.originals:
+                continue  # already wrapped
+            original = getattr(module, name, None)
+            if original is None:
+                missing.append(f"{module_name}.{name}")
+                continue
+            wrapper = _make_wrapper(original, _REPLACEMENTS[name], name)
+            setattr(module, name, wrapper)
+            _STATE.originals[(module_name, name)] = (original, wrapper)
+    _forget_upstream_caches()
+    if missing:
+        warnings.warn(
+            "jitkernels.patch(): this kernels version lacks bindings JitKernels redirects: "
+            + ", ".join(missing) + ". Those call sites keep upstream behaviour.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _restore() -> None:
+    for (module_name, name), (original, wrapper) in list(_STATE.originals.items()):
+        module = sys.modules.get(module_name)
+        if module is not None:
+            current = module.__dict__.get(name)
+            if current is wrapper:
+                setattr(module, name, original)
+            else:
+                warnings.warn(
+                    f"jitkernels.unpatch(): {module_name}.{name} was replaced by someone else after "
+                    f"jitkernels.patch(); leaving it as it is.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        del _STATE.originals[(module_name, name)]
+    _forget_upstream_caches()
+
+
+def _forget_upstream_caches() -> None:
+    """Layers kernelize loaded (and versions it resolved) before a patch/unpatch must not be reused after it.
+
+    ``kernels.layer.layer._CACHED_LAYER`` memoises the layer class per repository
+    and ``*Repository._resolve_revision`` is an ``lru_cache``: both are cleared.
+    """
+    layer_mod = sys.modules.get("kernels.layer.layer")
+    cached = getattr(layer_mod, "_CACHED_LAYER", None)
+    if isinstance(cached, dict):
+        cached.clear()
+    for module_name, cls_name in (("kernels.layer.layer", "LayerRepository"), ("kernels.layer.func", "FuncRepository")):
+        cls = getattr(sys.modules.get(module_name), cls_name, None)
+        clear = getattr(getattr(cls, "_resolve_revision", None), "cache_clear", None)
+        if clear is not None:
+            clear()
+
+
+def _on_kernels_imported(module) -> None:
+    with _LOCK:
+        if _STATE.active:
+            _apply()
+
+
+def _kernels_installed() -> bool:
+    if sys.modules.get("kernels") is not None:
+        return True
+    try:
+        return importlib.util.find_spec("kernels") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _patch(provider, *, autopatch: bool = False, fallback=None) -> bool:
+    from ..providers import provider_name
+
+    canonical = provider_name(provider)
+    fallback = _check_fallback(fallback)
+    with _LOCK:
+        if not _kernels_installed():
+            message = ("jitkernels.patch(): the upstream `kernels` package is not installed, so there is "
+                       "nothing to patch (pip install kernels).")
+            if autopatch:
+                warnings.warn(message + " JITKERNELS_AUTOPATCH is ignored.", RuntimeWarning, stacklevel=3)
+                return False
+            raise PatchError(message)
+        was_active = _STATE.active
+        _STATE.provider = canonical
+        _STATE.fallback = fallback
+        _STATE.active = True
+        if was_active:
+            return False
+        if sys.modules.get("kernels") is not None:
+            _apply()
+        if not _STATE.hook_registered:
+            import wrapt
+
+            _STATE.hook_registered = True  # one hook per process; it re-checks _STATE.active
+            wrapt.register_post_import_hook(_on_kernels_imported, "kernels")
+        return True
+
+
+class Patch:
+    """What :func:`patch` returns: usable as a context manager and as a decorator.
+
+    As a context manager, leaving the block unpatches only if this ``patch()``
+    call is the one that patched (nesting is safe). As a decorator
+    (``@jitkernels.patch()``) the function runs patched and the patch made
+    for decorating is undone right away.
+    """
+
+    def __init__(self, provider: str, owned: bool, fallback: str | None = None):
+        self.provider = provider
+        self.owned = owned
+        self.fallback = fallback
+
+    def __enter__(self) -> "Patch":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.owned:
+            unpatch()
+
+    def __call__(self, func):
+        if self.owned:
+            unpatch()  # decorating is not calling: patch only while func runs
+        provider, fallback = self.provider, self.fallback
+
+        @functools.wraps(func)
+        def patched(*args, **kwargs):
+            with patch(provider, fallback=fallback):
+                return func(*args, **kwargs)
+
+        return patched
+
+    def __repr__(self) -> str:
+        return f"<jitkernels.patch provider={self.provider!r} active={is_patched()}>"
+
+
+def patch(provider="hf_kernels", *, fallback: str | None = None) -> Patch:
+    """Redirect the upstream ``kernels`` package to JitKernels (see the module docstring).
+
+    ``fallback="upstream"``: kernels JitKernels cannot build go to upstream's
+    loader (one warning each); None (default): ``JITKERNELS_FALLBACK`` decides.
+    """
+    owned = _patch(provider, fallback=fallback)
+    from ..providers import provider_name
+
+    return Patch(provider_name(provider), owned, fallback)
+
+
+def unpatch() -> None:
+    """Restore the exact upstream functions everywhere; a no-op when not patched."""
+    with _LOCK:
+        _STATE.active = False
+        _STATE.fallback = None
+        _restore()
+
+
+def is_patched() -> bool:
+    return _STATE.active
+
+
+def autopatch() -> bool:
+    """What the ``JITKERNELS_AUTOPATCH`` startup hook calls: like :func:`patch`, but a missing
+    ``kernels`` is a warning, and ``kernels`` is patched when first imported (never imported here)."""
+    return _patch("hf_kernels", autopatch=True)

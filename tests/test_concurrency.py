@@ -1,0 +1,214 @@
+"""Crashes and concurrency: killed loaders and builders, many processes, many threads, stopped or hung lock holders."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import jitkernels
+from jitkernels.errors import CacheError, LockTimeoutError
+
+from conftest import EXAMPLES, RMS, entry_dirs, load_in_child, run_python, start_python, wait_for
+
+
+def _partial_downloads() -> list[Path]:
+    """huggingface_hub's files being downloaded (``blobs/*.incomplete``): opened, not finished."""
+    return list(Path(os.environ["HF_HUB_CACHE"]).rglob("*.incomplete"))
+
+
+def _compiling(source_name: str) -> bool:
+    """Whether a compiler is at work on ``source_name`` right now (its command line names it)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                words = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if any(w.endswith(source_name.encode()) for w in words) and b"-c" in words:
+            return True
+    return False
+
+
+def test_sigkill_during_download_then_load_completes(online):
+    online.stall.add("build/torch-universal/rms_norm/functional.py")  # half the file, then a pause
+    child = start_python(f"import jitkernels; jitkernels.load('hf', {RMS!r}, revision='main', backend='cpu')")
+    try:
+        assert wait_for(lambda: _partial_downloads(), 60), "the download never started"
+        child.send_signal(signal.SIGKILL)  # in the middle of the file
+        child.wait(30)
+    finally:
+        online.stall.clear()
+        if child.poll() is None:
+            child.kill()
+    out = load_in_child(jitkernels.inspect("hf", RMS, revision="main", backend="cpu").revision)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr
+
+
+@pytest.mark.slow
+def test_sigkill_during_native_build_then_load_completes(tmp_path):
+    root = Path(os.environ["JITKERNELS_CACHE"])
+    child = start_python(f"import jitkernels; jitkernels.load_local({str(EXAMPLES / 'scaled-add')!r}, backend='cpu')")
+    try:
+        assert wait_for(lambda: _compiling("scaled_add_cpu.cpp"), 120), "the compiler never started"
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert not entry_dirs("_scaled_add_cpu_")  # nothing half-built was published
+    # A new process (this one may hold another build of the extension): no stale lock to wait on.
+    out = run_python(f"""
+        import torch, jitkernels
+        k = jitkernels.load_local({str(EXAMPLES / 'scaled-add')!r}, backend='cpu')
+        x = torch.randn(64)
+        assert torch.allclose(k.scaled_add(x, x, 1.0), 2 * x)
+    """, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert entry_dirs("_scaled_add_cpu_")
+    leftovers = [p.name for p in (root / "staging").iterdir()]
+    assert leftovers == [], leftovers  # the killed build's staging folder was swept
+
+
+@pytest.mark.slow
+def test_eight_processes_one_fetch_one_build(online):
+    n = 8
+    code = (
+        "import logging, sys, torch, jitkernels\n"
+        "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
+        "k = jitkernels.load('hf', 'jitkernels-examples/scaled-add', revision='main', backend='cpu')\n"
+        "x = torch.randn(100)\n"
+        "assert torch.allclose(k.scaled_add(x, x, 0.5), 1.5 * x)\n"
+        "print('OK', k.__name__)\n"
+    )
+    children = [start_python(code) for _ in range(n)]
+    results = [(c.wait(600), c.stdout.read(), c.stderr.read()) for c in children]
+    assert all(code == 0 and "OK" in out for code, out, _ in results), results
+    assert len({out.split()[-1] for _, out, _ in results}) == 1
+    builds = sum(err.count("jitkernels: built ") for _, _, err in results)
+    assert builds == 1, builds
+    fetched = online.downloaded()
+    assert fetched and len(fetched) == len(set(fetched)), sorted(fetched)  # each file downloaded once
+
+
+def test_threads_importing_through_two_aliases_get_the_one_module():
+    code = """
+        import importlib, threading, jitkernels
+        barrier = threading.Barrier(10)
+        got, errors = [], []
+        def work(i):
+            barrier.wait()
+            try:
+                got.append(importlib.import_module(("jitkernels.hub.hf.", "jitkernels.hub.hf_kernels.")[i % 2] + "rms_norm"))
+            except Exception as exc:
+                errors.append(repr(exc))
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(10)]
+        [t.start() for t in threads]; [t.join() for t in threads]
+        print(len(got), len({id(m) for m in got}), errors)
+    """
+    local = f"kernels-community/rms-norm={EXAMPLES / 'rms-norm'}"
+    for _ in range(6):  # the race showed in about half of the runs
+        out = run_python(code, LOCAL_KERNELS=local)
+        assert out.stdout.strip() == "10 1 []", out.stdout + out.stderr[-2000:]
+
+
+def test_sweep_keeps_a_staging_folder_whose_owner_lives_in_another_pid_namespace():
+    from jitkernels.cache import workspaces as cache
+
+    # A builder whose pid means nothing here (another container's PID namespace): pid 999999 is dead here.
+    holder = start_python("""
+        import os, sys, time
+        os.getpid = lambda: 999999
+        from jitkernels.cache import workspaces
+        with workspaces.staging("elsewhere") as folder:
+            (folder / "obj.o").write_text("half a build")
+            print(folder, flush=True)
+            time.sleep(60)
+    """)
+    try:
+        folder = Path(holder.stdout.readline().strip())
+        assert ".999999." in folder.name and os.uname().nodename in folder.name
+        with cache.staging("mine") as mine:  # sweeps on the way in
+            assert mine.is_dir()
+        assert (folder / "obj.o").exists(), "a live builder's staging folder was swept"
+    finally:
+        holder.kill()
+        holder.wait()
+    with cache.staging("again"):
+        pass
+    assert not folder.exists(), "a dead builder's staging folder was left behind"
+
+
+def _hold_lock_and_stop(key: str, heartbeat_seconds: float | None = None) -> subprocess.Popen:
+    code = f"""
+        import os, signal, sys, time
+        from jitkernels.cache import locks
+        with locks.hold({key!r}, what="a test holder"):
+            print("HELD", flush=True)
+            if {heartbeat_seconds!r} is None:
+                os.kill(os.getpid(), signal.SIGSTOP)
+            else:
+                time.sleep({heartbeat_seconds!r})
+    """
+    proc = start_python(code)
+    assert proc.stdout.readline().strip() == "HELD"
+    return proc
+
+
+def test_a_stopped_lock_holder_times_out_with_a_clear_error(online, monkeypatch, caplog):
+    name = jitkernels.inspect("hf", "kernels-test/rms-norm-universal", revision="main", backend="cpu").module_name
+    holder = _hold_lock_and_stop(f"entry:{name}")
+    monkeypatch.setenv("JITKERNELS_LOCK_TIMEOUT", "3")
+    try:
+        start = time.monotonic()
+        with caplog.at_level("WARNING", logger="jitkernels"):
+            with pytest.raises(LockTimeoutError, match="JITKERNELS_LOCK_TIMEOUT") as err:
+                jitkernels.load("hf", "kernels-test/rms-norm-universal", revision="main", backend="cpu")
+        assert time.monotonic() - start < 30
+        assert f"pid {holder.pid}" in str(err.value) and os.uname().nodename in str(err.value)
+        assert isinstance(err.value, CacheError)
+        assert any(f"pid {holder.pid}" in r.getMessage() for r in caplog.records)  # said while waiting
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # the holder is gone: the lock is free and the load works
+    assert jitkernels.load("hf", "kernels-test/rms-norm-universal", revision="main", backend="cpu").rms_norm
+
+
+def test_a_live_holder_is_waited_for_past_the_timeout(online, monkeypatch):
+    name = jitkernels.inspect("hf", "kernels-test/rms-norm-universal", revision="main", backend="cpu").module_name
+    holder = _hold_lock_and_stop(f"entry:{name}", heartbeat_seconds=6)
+    monkeypatch.setenv("JITKERNELS_LOCK_TIMEOUT", "3")
+    try:
+        k = jitkernels.load("hf", "kernels-test/rms-norm-universal", revision="main", backend="cpu")
+        assert k.rms_norm is not None
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_hung_holder_whose_build_log_stopped_growing_times_out(online, monkeypatch):
+    """Alive (its heartbeat goes on) but its build log does not change: given up on, as for a stopped one."""
+    name = jitkernels.inspect("hf", "kernels-test/rms-norm-universal", revision="main", backend="cpu").module_name
+    log = Path(os.environ["JITKERNELS_CACHE"]) / "hung.log"
+    holder = start_python(f"""
+        import time
+        from pathlib import Path
+        from jitkernels.cache import locks
+        with locks.hold("entry:{name}", what="building it", log=Path({str(log)!r})):
+            Path({str(log)!r}).write_text("[1/3] CXX a.cpp\\n")
+            print("HELD", flush=True)
+            time.sleep(60)
+    """)
+    monkeypatch.setenv("JITKERNELS_LOCK_TIMEOUT", "3")
+    try:
+        assert holder.stdout.readline().strip() == "HELD"
+        with pytest.raises(LockTimeoutError, match="building it"):
+            jitkernels.load("hf", "kernels-test/rms-norm-universal", revision="main", backend="cpu")
+    finally:
+        holder.kill()
+        holder.wait()

@@ -1,0 +1,93 @@
+"""Trust: whose code may run, for every way a kernel is loaded (pinned or not, online or offline)."""
+
+from __future__ import annotations
+
+import importlib
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import jitkernels
+from jitkernels.errors import TrustError
+
+from conftest import EXAMPLES, RMS, UNTRUSTED, entry_dirs, go_offline, run_python, tree
+
+
+def test_untrusted_publisher_needs_opt_in(online, monkeypatch):
+    with pytest.raises(TrustError, match="trust_remote_code=True") as err:
+        jitkernels.load("hf", "some-user/rms-norm", revision="main", backend="cpu")
+    assert "JITKERNELS_TRUSTED" in str(err.value)
+    assert not entry_dirs("_rms_norm")  # nothing prepared
+    k = jitkernels.load("hf", "some-user/rms-norm", revision="main", backend="cpu", trust_remote_code=True)
+    assert k.rms_norm(torch.ones(1, 4), torch.ones(4)).shape == (1, 4)
+    k2 = jitkernels.load("hf", "some-user/rms-norm", revision="main", backend="cpu",
+                         trust_remote_code=["some-user/rms-norm"])
+    assert k2 is k
+    monkeypatch.setenv("JITKERNELS_TRUSTED", "some-user")
+    assert jitkernels.load("hf", "some-user/rms-norm", revision="main", backend="cpu") is k
+
+
+def test_trusted_publishers_load_by_default(online):
+    assert jitkernels.load("hf", RMS, revision="main", backend="cpu") is not None
+
+
+def test_offline_untrusted_kernel_in_the_hf_cache_is_refused_everywhere(online, monkeypatch):
+    jitkernels.inspect("hf", UNTRUSTED, revision="main", backend="cpu")  # fills huggingface_hub's cache
+    jitkernels.inspect("hf", UNTRUSTED, backend="cpu")  # and our record of the default revision
+    assert jitkernels.has("hf", UNTRUSTED, revision="main", backend="cpu")
+    go_offline(monkeypatch)
+    with pytest.raises(TrustError, match="trust_remote_code"):
+        jitkernels.load("hf", UNTRUSTED, revision="main", backend="cpu")
+    with pytest.raises(TrustError):
+        importlib.import_module("jitkernels.hub.hf.some_user__rms_norm")
+    import kernels
+
+    with jitkernels.patch():
+        with pytest.raises(TrustError):
+            kernels.get_kernel(UNTRUSTED, revision="main")
+    assert not entry_dirs("_rms_norm")  # nothing of it was prepared, let alone imported
+    # trust given by this call still works offline
+    k = jitkernels.load("hf", UNTRUSTED, revision="main", backend="cpu", trust_remote_code=True)
+    assert k.rms_norm is not None
+
+
+def test_trust_given_by_a_caller_is_not_remembered_pinned_or_unpinned(online):
+    commit = jitkernels.inspect("hf", UNTRUSTED, revision="main", backend="cpu").revision
+    jitkernels.load("hf", UNTRUSTED, revision="main", backend="cpu", trust_remote_code=True)
+    code = """
+        import jitkernels
+        from jitkernels.errors import TrustError
+        for rev in ({commit!r}, "main"):
+            try:
+                jitkernels.load("hf", {name!r}, revision=rev, backend="cpu")
+                print("LOADED", rev)
+            except TrustError:
+                print("REFUSED", rev)
+    """.format(commit=commit, name=UNTRUSTED)
+    for offline in ("0", "1"):
+        out = run_python(code, HF_HUB_OFFLINE=offline, HF_ENDPOINT=online.endpoint)
+        assert out.stdout.split() == ["REFUSED", commit, "REFUSED", "main"], (offline, out.stdout, out.stderr)
+
+
+def test_a_hub_flag_grant_is_recorded_and_serves_offline_loads(online, monkeypatch):
+    online.add_repo("flagged-org/rms-norm", {"main": tree(EXAMPLES / "rms-norm")})
+    online.set_org("flagged-org", trusted=True)
+    k = jitkernels.load("hf", "flagged-org/rms-norm", revision="main", backend="cpu")
+    record = json.loads(next(Path(os.environ["JITKERNELS_CACHE"], "trust").rglob("*.json")).read_text())
+    assert record["repo_id"] == "flagged-org/rms-norm" and record["granted_by"] == "hub-flag"
+    assert record["commit"] == jitkernels.inspect("hf", "flagged-org/rms-norm", revision="main", backend="cpu").revision
+    out = run_python(
+        "import jitkernels; print(jitkernels.load('hf', 'flagged-org/rms-norm', revision='main', backend='cpu').__name__)",
+        HF_HUB_OFFLINE="1")
+    assert out.returncode == 0 and out.stdout.strip() == k.__name__, out.stderr
+
+
+def test_a_trust_grant_is_not_remembered_in_process_either(online):
+    commit = jitkernels.inspect("hf", UNTRUSTED, revision="main", backend="cpu").revision
+    jitkernels.load("hf", UNTRUSTED, revision=commit, backend="cpu", trust_remote_code=True)
+    with pytest.raises(TrustError):
+        jitkernels.load("hf", UNTRUSTED, revision=commit, backend="cpu")
