@@ -156,6 +156,19 @@ def test_a_compiler_is_provisioned_from_the_index_verified_unpacked_with_its_mod
     assert toolchain.link_flags(str(home)) == [f"-L{home}/lib", "-l:libcudart.so.13"]  # the wheels' layout
 
 
+def test_torch_2_11s_release_whose_nvcc_extra_pins_nvcc_alone_still_gets_all_five_wheels(pip_torch, monkeypatch):
+    # torch 2.11.0+cu130 requires cuda-toolkit==13.0.2, where only the nvvm/crt/cudart extras pin those wheels
+    monkeypatch.setattr(toolchain, "torch_release", lambda: "13.0.2")
+    wheels = cudawheels.compiler_wheels(release="13.0.2", nvcc_extra_pins_its_dependencies=False)
+    with ArchiveServer(cudawheels.index_pages(wheels)) as server:
+        monkeypatch.setenv("JITKERNELS_CUDA_INDEX", server.url + "/simple")
+        home = toolchain.provision("13.0")
+    components = {c["project"]: c["version"] for c in read_manifest(home)["components"]}
+    assert components == cudawheels.RELEASE_13_0_3  # 13.0.2 pins the same component versions
+    assert toolchain.nvcc_release(home) == "13.0" and (home / "nvvm/bin/cicc").exists()
+    assert toolchain.pip_line() == 'pip install "cuda-toolkit[nvcc,nvvm,crt,cudart,cccl]==13.0.2"'
+
+
 def test_the_same_index_as_pep503_html_and_as_a_file_folder(pip_torch, monkeypatch, tmp_path):
     wheels = cudawheels.compiler_wheels()
     with ArchiveServer(cudawheels.index_pages(wheels, style="html")) as server:
@@ -204,7 +217,7 @@ def test_offline_opted_out_or_cuda_12_errors_name_the_pip_line_and_the_variable(
     message = str(offline.value)
     assert message.startswith("org/k: building a CUDA kernel needs nvcc and none here will do: provisioning nvcc 13.0 "
                               "(torch is built with CUDA 13.0) from the package index is off (offline")
-    assert 'Install torch\'s compiler with `pip install "cuda-toolkit[nvcc,cccl]==13.0.3"`' in message
+    assert 'Install torch\'s compiler with `pip install "cuda-toolkit[nvcc,nvvm,crt,cudart,cccl]==13.0.3"`' in message
     assert "or set CUDA_HOME to a CUDA 13.0 toolkit" in message
     monkeypatch.delenv("JITKERNELS_OFFLINE")
     monkeypatch.setenv("JITKERNELS_CUDA_PROVISION", "0")
@@ -257,4 +270,4 @@ def test_doctor_shows_the_compiler_a_build_would_use_and_why(cuda_index, monkeyp
     assert facts["would_use"] == "nvcc 13.0 from the package index (provisioned into the cache)"
     assert facts["why"] == "no local toolkit will do; the compiler of torch's CUDA release from the package index"
     assert facts["provisioning"] == f"on: {cuda_index.url}/simple (JITKERNELS_CUDA_INDEX)"
-    assert facts["pip_install"] == 'pip install "cuda-toolkit[nvcc,cccl]==13.0.3"'
+    assert facts["pip_install"] == 'pip install "cuda-toolkit[nvcc,nvvm,crt,cudart,cccl]==13.0.3"'

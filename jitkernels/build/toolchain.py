@@ -11,7 +11,7 @@ kernel's ``[general.cuda]`` bounds):
 
 1. a toolkit on this machine: ``CUDA_HOME`` / ``CUDA_PATH`` (when set, the
    only local one looked at), else the ``nvcc`` on ``PATH``, ``/usr/local/cuda``,
-   or the compiler wheels installed in this Python environment (``pip install "cuda-toolkit[nvcc,cccl]==13.0.3"`` puts it in
+   or the compiler wheels installed in this Python environment (``pip install "cuda-toolkit[nvcc,nvvm,crt,cudart,cccl]==13.0.3"`` puts it in
    ``site-packages/nvidia/cu13``). It will do if it is complete, its ``nvcc``
    runs, and its CUDA major version is torch's (``torch.utils.cpp_extension``
    refuses another major, and the library would link a second CUDA runtime);
@@ -59,8 +59,9 @@ from ..plan.strategy import CudaOption, Toolchain, choose_cuda, version_tuple
 
 #: Compiler wheels of a CUDA 13 release when the index has no ``cuda-toolkit`` metapackage to pin them.
 COMPONENTS = ("nvidia-cuda-nvcc", "nvidia-nvvm", "nvidia-cuda-crt", "nvidia-cuda-runtime", "nvidia-cuda-cccl")
-#: The metapackage's extras that hold them (``nvcc``: nvcc, nvvm, crt, runtime).
-EXTRAS = ("nvcc", "cccl")
+#: The metapackage's extras that pin them, one each: in 13.0.2 (torch 2.11's) the ``nvcc`` extra pins
+#: nvcc alone (nvvm, crt and the runtime come from its own extras), from 13.0.3 on it pins all four.
+EXTRAS = ("nvcc", "nvvm", "crt", "cudart", "cccl")
 #: Never read by a compile (NVIDIA's JIT library, CMake files, packaging notes, two tools): not unpacked.
 EXCLUDE = ("nvidia/*/lib/libnvvm.so*", "nvidia/*/lib/cmake", "nvidia/*/.metadata", "nvidia/*/bin/bin2c",
            "nvidia/*/bin/__nvcc_device_query")

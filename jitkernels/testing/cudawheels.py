@@ -99,15 +99,25 @@ def make_wheel(project: str, version: str, files: dict[str, tuple[bytes, bool]],
 
 
 def compiler_wheels(components: dict[str, str] = RELEASE_13_0_3, release: str = "13.0.3.0",
-                    metapackage: bool = True) -> dict[str, bytes]:
-    """``{wheel file name: bytes}``: the component wheels and (``metapackage``) ``cuda-toolkit`` pinning them."""
+                    metapackage: bool = True, nvcc_extra_pins_its_dependencies: bool = True) -> dict[str, bytes]:
+    """``{wheel file name: bytes}``: the component wheels and (``metapackage``) ``cuda-toolkit`` pinning them.
+
+    As NVIDIA's metapackage, each component has its own extra (``nvcc``, ``nvvm``, ``crt``, ``cudart``,
+    ``cccl``); from 13.0.3 on the ``nvcc`` extra also pins what ``nvcc`` needs (nvvm, crt, the runtime),
+    in 13.0.2 (what torch 2.11's cu130 wheel requires) it pins nvcc alone
+    (``nvcc_extra_pins_its_dependencies=False``), and the nvcc wheel requires the others unpinned.
+    """
     wheels = {wheel_name(p, v): make_wheel(p, v, _contents(p, v)) for p, v in components.items()}
     if metapackage:
-        extra_of = {"nvidia-cuda-cccl": "cccl"}
-        requires = [f"{p}=={v}.*; {_MARKER} and extra == '{extra_of.get(p, 'nvcc')}'" for p, v in components.items()]
+        extra_of = {"nvidia-cuda-nvcc": "nvcc", "nvidia-nvvm": "nvvm", "nvidia-cuda-crt": "crt",
+                    "nvidia-cuda-runtime": "cudart", "nvidia-cuda-cccl": "cccl"}
+        requires = [f"{p}=={v}.*; {_MARKER} and extra == '{extra_of[p]}'" for p, v in components.items()]
+        if nvcc_extra_pins_its_dependencies:
+            requires += [f"{p}=={v}.*; {_MARKER} and extra == 'nvcc'" for p, v in components.items()
+                         if p not in ("nvidia-cuda-nvcc", "nvidia-cuda-cccl")]
         requires.append(f"nvidia-cublas==13.1.1.3.*; {_MARKER} and extra == 'cublas'")  # not a compiler part
         wheels[f"cuda_toolkit-{release}-py2.py3-none-any.whl"] = make_wheel(
-            "cuda-toolkit", release, {}, requires, extras=("all", "cccl", "cublas", "nvcc"))
+            "cuda-toolkit", release, {}, requires, extras=("all", "cublas", *sorted(set(extra_of.values()))))
     return wheels
 
 
