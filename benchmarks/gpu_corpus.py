@@ -270,10 +270,31 @@ def run_boxed(cmd, env, cwd, seconds: float, log: Path) -> tuple[int | None, flo
         try:
             rc = proc.wait(timeout=max(1.0, seconds))
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_session(proc.pid)
             proc.wait()
             rc = None
     return rc, time.monotonic() - start
+
+
+def kill_session(sid: int) -> None:
+    """Kill every process of session ``sid``: ninja puts each compile in a process group of its own."""
+    for _ in range(3):
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if os.getsid(int(entry.name)) == sid:
+                        found.append(int(entry.name))
+                except OSError:
+                    pass
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        if not found:
+            return
+        time.sleep(0.2)  # reaped children vanish; a fork in between is caught by the next pass
 
 
 def ninja_progress(cache: Path, name: str, since: float) -> tuple[int, int, str]:

@@ -295,7 +295,8 @@ def write_report(report: dict, out: Path) -> None:
                          f"{record.get('all_with_provisioned_nvcc')}",
             ", ".join(record.get("needed_cudart", [])) or "-", tests.get("passed", "-"), tests.get("failed", "-"),
             tests.get("skipped", "-"), tests.get("errors", "-"),
-            f"{tests.get('summary', '-')} ({', '.join(tests.get('routes', []))})")) + " |")
+            ("time box " + str(tests.get("seconds")) + " s: " if tests.get("timed_out") else "")
+            + f"{tests.get('summary') or '-'} ({', '.join(tests.get('routes', []))})")) + " |")
     (out / "gpu-toolchain.md").write_text("\n".join(lines) + "\n")
 
 
