@@ -1,29 +1,45 @@
-"""The CUDA corpus on a GPU machine: every kernels-community CUDA kernel's strategy, and cold builds plus
-the kernels' own test suites for the CUTLASS kernels that fit.
+"""Every CUDA kernel of kernels-community on the GPU machine: build it through JitKernels, run its own suite.
 
-    python benchmarks/gpu_corpus.py --kc /path/to/kernels-community --out results/ \\
-        --cutlass-archives /path/to/archives --kernels punica-sgmv,deep-gemm,megablocks,sage-attention \\
-        --partial flash-attn2 --deadline 540
+One command, repeated in back-to-back runs of the GPU machine, works through the corpus::
 
-1. Strategy of every kernel whose ``build.toml`` declares ``cuda`` (``decide`` with the local torch and
-   nvcc, and how each build input resolves), from ``build.toml`` alone.
+    python benchmarks/gpu_corpus.py --kc <kernels-community> --out $OUT --state /tmp/jk-corpus \\
+        --cutlass-archives <archives> --deadline 540
+
+1. The plan of every kernel whose ``build.toml`` declares ``cuda`` (``jitkernels.plan.strategy.decide``
+   with this machine's torch and CUDA compilers, as ``jitkernels inspect`` does). Those that plan
+   ``native-jit`` or ``python`` are the queue: Python kernels first, then native ones by number of
+   CUDA units, the giants (flash-attn3 family, natten) last. ``--kernels`` picks and orders others.
 2. CUTLASS: with ``--cutlass-archives`` (a folder of ``cutlass-<version>.tar.gz``, e.g.
    ``git archive --prefix=cutlass-3.8.0/ v3.8.0 include tools/util/include | gzip``), the archives are
-   served on 127.0.0.1 and ``JITKERNELS_CUTLASS_URL`` points there: each version the kernels need is
-   downloaded, checked against the pinned git tree ids and unpacked into the cache, timed, before any
-   build (so build times are compile times).
-3. For each ``--kernels`` entry, in order: a cold ``jitkernels.load`` in a fresh process (``MAX_JOBS``,
-   default 16; the local GPU's arch) from its source tree through ``LOCAL_KERNELS``, timed; then its own
-   ``tests/`` with ``JITKERNELS_AUTOPATCH=1`` (``kernels.get_kernel`` goes to JitKernels) and, for suites
-   that import the package by name, a one-line conftest binding it to ``jitkernels.load``. Each step is
-   time-boxed; a build cut short reports the units it finished per minute and the projected total.
-4. ``--partial NAME`` builds are cut at ``--partial-seconds`` on purpose (kernels known not to fit):
-   units per minute and projected time.
+   served on 127.0.0.1 and ``JITKERNELS_CUTLASS_URL`` points there (the machine has no internet).
+3. For each kernel: a build in a fresh process (``jitkernels.load`` through ``LOCAL_KERNELS``, backend
+   ``cuda``, ``MAX_JOBS`` default 16, the local GPU's arch), time-boxed (``--build-cap`` and the
+   deadline). A build cut short is resumed by the next run: the cache (``<state>/cache``) keeps the
+   build workspace, so ninja recompiles nothing it finished; the table counts the runs and adds their
+   seconds. Small kernels (``--parallel``, at most 4 CUDA units each) build several at a time.
+4. Then its own ``tests/`` (``--test-cap`` box): ``kernels.get_kernel`` under ``JITKERNELS_AUTOPATCH=1``
+   (the ``kernels`` package must be importable: ``--site``), and for suites that ``import <package>``,
+   a one-line conftest binding the name to ``jitkernels.load``. Names a suite loads that are not the
+   kernel's own (flash-mla's ``drbh/tmp-kernel-123``, a scratch repository) are mapped to the kernel's
+   source through ``LOCAL_KERNELS`` (:data:`ALIASES`), and the table says so.
+5. Every step updates ``<state>/state.json`` and rewrites the table ``<out>/gpu-corpus.md`` (and
+   copies ``state.json`` to ``<out>``), so a run killed at its limit keeps what it measured. A fresh
+   machine (no ``<state>``) can start from an earlier run's ``state.json`` (``--resume-from``): the
+   results stay, builds start over.
 
-Every result line is appended to ``<out>/gpu-corpus.md`` (and ``.jsonl``) as soon as it is known, so a
-run killed at its limit keeps what it measured. Needs: a CUDA GPU, nvcc, a CUDA build of torch,
-``kernels`` (for autopatch) and ``jitkernels`` importable, and the autopatch hook installed
-(``hooks/jitkernels-autopatch.pth`` in site-packages, or ``hooks/sitecustomize.py`` on the path).
+The failure cause column is a suggestion made from the evidence (the first error lines are kept):
+``test environment`` for a missing Python module or a test that needs the Hub, ``kernel`` for a
+compile error in the kernel's sources, ``JitKernels`` for a traceback through jitkernels; ``--causes``
+(a JSON ``{kernel: "cause: evidence"}``) replaces it with a verdict after reading the logs.
+Needs: a CUDA GPU, a CUDA build of torch, ``jitkernels`` importable (``PYTHONPATH`` = the repository).
+
+The GPU machine gets the repository as a copy (64 MiB with its ignored extras), so first, here::
+
+    python benchmarks/gpu_corpus.py --make-carry .gpu/i17-corpus --kc /work/kc --kernels flash-mla,flash-attn2 \
+        --cutlass-archives <archives> --site <folder with kernels-0.17.2-*.whl>
+
+copies the kernels' source trees (never committed: ``.gpu/`` is ignored), the archives and the
+wheels into one folder to carry, and prints the command to run there.
 """
 
 from __future__ import annotations
@@ -38,90 +54,189 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 START = time.monotonic()
+ROOT = Path(__file__).resolve().parent.parent
 #: Suites upstream's CI runs only partly (``pytest -m kernels_ci``): the rest sweeps hundreds of shapes.
 TEST_SELECTION = {"deep-gemm": ["tests/test_kernels_ci.py"]}
+#: Repositories a kernel's shipped tests load instead of the kernel's own name (scratch repos of its authors).
+ALIASES = {"flash-mla": ["drbh/tmp-kernel-123"]}
+#: Built last, one at a time: hundreds of units each.
+GIANTS = ("flash-attn3", "sgl-flash-attn3", "vllm-flash-attn3", "natten")
 
 
-class Report:
-    def __init__(self, out: Path):
+def elapsed() -> float:
+    return time.monotonic() - START
+
+
+# -- state and table -----------------------------------------------------------------------------
+
+class State:
+    """``<state>/state.json``: what every earlier run of this command found, per kernel."""
+
+    def __init__(self, folder: Path, out: Path, resume_from: Path | None):
+        self.folder, self.out = folder, out
+        folder.mkdir(parents=True, exist_ok=True)
         out.mkdir(parents=True, exist_ok=True)
-        self.md = out / "gpu-corpus.md"
-        self.jsonl = out / "gpu-corpus.jsonl"
+        self.path = folder / "state.json"
+        if not self.path.exists() and resume_from is not None and resume_from.exists():
+            data = json.loads(resume_from.read_text())
+            for record in data.get("kernels", {}).values():
+                if not (record.get("build") or {}).get("ok"):
+                    record.pop("build", None)  # its objects are not on this machine: starts over
+            data.setdefault("notes", []).append(f"resumed from {resume_from} on a fresh machine")
+            self.data = data
+        else:
+            self.data = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.data.setdefault("kernels", {})
+        self.data.setdefault("runs", [])
+        self.lock = threading.Lock()
 
-    def line(self, text: str = "") -> None:
-        with open(self.md, "a") as fh:
-            fh.write(text + "\n")
-        print(text, flush=True)
+    def kernel(self, name: str) -> dict:
+        return self.data["kernels"].setdefault(name, {})
 
-    def record(self, **data) -> None:
-        data["t"] = round(time.monotonic() - START, 1)
-        with open(self.jsonl, "a") as fh:
-            fh.write(json.dumps(data) + "\n")
+    def save(self, causes: dict) -> None:
+        with self.lock:
+            text = json.dumps(self.data, indent=1, sort_keys=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, self.path)
+            shutil.copyfile(self.path, self.out / "state.json")
+            (self.out / "gpu-corpus.md").write_text(render(self.data, causes))
 
 
-def remaining(deadline: float) -> float:
-    return deadline - (time.monotonic() - START)
+def cell(text) -> str:
+    return str(text).replace("|", "/").replace("\n", " ").strip() or "-"
 
+
+def build_cell(record: dict) -> str:
+    build = record.get("build") or {}
+    runs = build.get("runs", [])
+    if record.get("strategy") == "python":
+        seconds = sum(r.get("seconds", 0) for r in runs)
+        return f"import {seconds:.0f} s" if build.get("ok") else ("not loaded" if not runs else "failed to load")
+    total = sum(r.get("seconds", 0) for r in runs)
+    done = max((r.get("done", 0) for r in runs), default=0)
+    steps = max((r.get("total", 0) for r in runs), default=0)
+    each = " + ".join(f"{r.get('seconds', 0):.0f}" for r in runs)
+    how = f"{total:.0f} s" + (f" in {len(runs)} runs ({each})" if len(runs) > 1 else "")
+    if build.get("ok"):
+        return f"built, {how}"
+    if not runs:
+        return "not started"
+    last = runs[-1]
+    state = "cut at its time box, resumes" if last.get("rc") is None else "FAILED"
+    return f"{state}: {done}/{steps} ninja steps after {how}"
+
+
+def render(data: dict, causes: dict) -> str:
+    env = data.get("environment", {})
+    lines = ["# kernels-community CUDA kernels through JitKernels: builds and their own test suites", ""]
+    lines.append(" | ".join(f"{k}: {v}" for k, v in env.items()))
+    lines.append("")
+    for run in data.get("runs", []):
+        lines.append(f"- run {run['n']} ({run['started']}): {run['seconds']:.0f} s, "
+                     f"{run.get('steps', 0)} steps; `{run.get('command', '')}`")
+    lines += ["", "| kernel | strategy | CUDA units | build (seconds, runs) | test route | passed | failed | skipped "
+              "| errors | suite | failure cause (evidence) |", "|" + "---|" * 11]
+    counts = {"green": 0, "failing": 0, "pending": 0}
+    for name, record in sorted(data.get("kernels", {}).items(),
+                               key=lambda item: (item[1].get("order", 999), item[0])):
+        if record.get("strategy") not in ("native-jit", "python"):
+            continue
+        tests = record.get("tests") or {}
+        cause = causes.get(name) or record.get("cause") or tests.get("cause") or ""
+        evidence = tests.get("evidence") or (record.get("build") or {}).get("why") or ""
+        if cause and evidence and not causes.get(name):
+            cause = f"{cause} (suggested): {evidence}"
+        suite = tests.get("summary") or ("no tests/ folder in the kernel" if record.get("no_tests") else "")
+        if tests.get("timed_out"):
+            suite = f"time box ({tests.get('seconds', 0):.0f} s): {suite}"
+        if tests.get("aliases"):
+            suite += f"; {tests['aliases']}"
+        if tests.get("rc") == 0 and not tests.get("failed") and not tests.get("errors"):
+            counts["green"] += 1
+        elif tests or (record.get("build") or {}).get("runs"):
+            counts["failing" if tests else "pending"] += 1
+        else:
+            counts["pending"] += 1
+        lines.append("| " + " | ".join(cell(x) for x in (
+            name, record.get("strategy"), record.get("cuda_units", "-"), build_cell(record),
+            ", ".join(tests.get("routes", [])) or "-", tests.get("passed", "-"), tests.get("failed", "-"),
+            tests.get("skipped", "-"), tests.get("errors", "-"), suite, cause)) + " |")
+    lines += ["", f"suites green: {counts['green']}; with failures or time-boxed: {counts['failing']}; "
+              f"not run yet: {counts['pending']}"]
+    others = [(n, r) for n, r in sorted(data.get("kernels", {}).items())
+              if r.get("strategy") not in ("native-jit", "python", None)]
+    if others:
+        lines += ["", "Not built (their plan on this machine):", ""]
+        lines += [f"- {n}: {r.get('strategy')} ({r.get('reason')}): {r.get('detail', '')}" for n, r in others]
+    return "\n".join(lines) + "\n"
+
+
+# -- the plan ------------------------------------------------------------------------------------
 
 def environment_facts() -> dict:
     import torch
 
-    from jitkernels import machine as environment
+    from jitkernels.build import toolchain
 
-    facts = {
+    compiler = toolchain.for_build(None)
+    return {
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
         "capability": ".".join(map(str, torch.cuda.get_device_capability(0))) if torch.cuda.is_available() else "-",
         "torch": torch.__version__,
-        "nvcc": str(environment.nvcc_version()),
+        "nvcc": f"{compiler.version} from {compiler.where}",
         "cores": len(os.sched_getaffinity(0)),
         "python": sys.version.split()[0],
+        "MAX_JOBS": os.environ.get("MAX_JOBS", ""),
     }
-    return facts
 
 
-# -- 1. strategies ---------------------------------------------------------------------
-
-def cuda_units(config) -> int:
-    return sum(1 for k in config.kernels_for("cuda") for s in k.src if s.endswith(".cu"))
-
-
-def strategies(kc: Path, report: Report) -> None:
-    from jitkernels import environment, inputs
+def plan(kc: Path, state: State, wanted: list[str] | None) -> list[str]:
+    """Plan every CUDA kernel (recorded in the state); the queue of those to build, in order."""
+    from jitkernels.build import toolchain
     from jitkernels.plan.buildconfig import parse_build_toml
-    from jitkernels.plan.strategy import Toolchain, decide
+    from jitkernels.plan.strategy import decide
 
-    toolchain = Toolchain(torch=environment.torch_version(), cuda=environment.nvcc_version())
-    report.line(f"\n## Strategy of every kernel with a CUDA backend (torch {toolchain.torch}, nvcc {toolchain.cuda})\n")
-    report.line("| kernel | strategy | reason | .cu units | build inputs (how they resolve here) |")
-    report.line("|---|---|---|---|---|")
-    counts: dict[str, int] = {}
+    tc = toolchain.plan_toolchain("cuda")
+    queue = []
     for path in sorted(kc.glob("*/build.toml")):
         name = path.parent.name
         try:
             config = parse_build_toml(path.read_bytes(), origin=str(path))
         except Exception as exc:  # report, never stop the run
-            report.line(f"| {name} | error | {type(exc).__name__}: {exc} | | |")
+            state.kernel(name).update(strategy="error", reason=type(exc).__name__, detail=str(exc)[:300])
             continue
         if "cuda" not in config.backends:
             continue
-        d = decide(config, "cuda", toolchain)
-        described = inputs.describe_all([x for x in d.dependencies if x != "torch"],
-                                        config.python_depends_for("cuda"), (), "cuda")
-        how = ", ".join(f"{x.name} {x.version or '-'} ({x.origin}, {x.status})" for x in described) or "torch only"
-        counts[d.strategy] = counts.get(d.strategy, 0) + 1
-        report.line(f"| {name} | {d.strategy} | {d.reason or '-'} | {cuda_units(config)} | {how} |")
-        report.record(step="strategy", kernel=name, strategy=d.strategy, reason=d.reason,
-                      units=cuda_units(config), inputs=[x.to_dict() for x in described])
-    report.line("\n" + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+        d = decide(config, "cuda", tc)
+        units = sum(1 for k in config.kernels_for("cuda") if k.name in d.kernels for s in k.src if s.endswith(".cu"))
+        record = state.kernel(name)
+        record.update(strategy=d.strategy, reason=d.reason, detail=d.detail[:600], cuda_units=units,
+                      compiler=d.cuda_compiler, no_tests=not (path.parent / "tests").is_dir())
+        if d.strategy in ("native-jit", "python"):
+            queue.append(name)
+    if wanted:
+        missing = [n for n in wanted if n not in queue]
+        for name in missing:
+            print(f"note: {name} is not a kernel that plans native-jit or python here; skipped", flush=True)
+        queue = [n for n in wanted if n in queue]
+    else:
+        def key(name):
+            record = state.kernel(name)
+            return (record["strategy"] != "python", name in GIANTS, record["cuda_units"], name)
+
+        queue.sort(key=key)
+    for order, name in enumerate(queue):
+        state.kernel(name)["order"] = order
+    return queue
 
 
-# -- 2. CUTLASS archives served locally -------------------------------------------------
+# -- CUTLASS archives ------------------------------------------------------------------------------
 
 def serve(folder: Path) -> str:
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
@@ -131,55 +246,59 @@ def serve(folder: Path) -> str:
     return f"http://127.0.0.1:{httpd.server_address[1]}"
 
 
-def resolve_cutlass(kc: Path, names: list[str], report: Report) -> None:
-    from jitkernels import inputs
-    from jitkernels.plan.buildconfig import parse_build_toml
+# -- one kernel ------------------------------------------------------------------------------------
 
-    wanted = sorted({d for n in names if (kc / n / "build.toml").exists()
-                     for k in parse_build_toml((kc / n / "build.toml").read_bytes()).kernels_for("cuda")
-                     for d in k.depends if d.startswith("cutlass_")})
-    report.line("\n## CUTLASS headers (downloaded from the local server, verified against the pinned git tree ids)\n")
-    report.line("| input | version | origin | seconds | digest (include tree + tools/util/include tree) |")
-    report.line("|---|---|---|---|---|")
-    for dep in wanted:
-        start = time.monotonic()
-        try:
-            got = inputs.resolve_build_inputs([dep], "cuda")[0]
-            seconds = time.monotonic() - start
-            report.line(f"| {dep} | {got.version} | {got.origin} | {seconds:.2f} | {got.digest} |")
-            report.record(step="cutlass", input=dep, version=got.version, origin=got.origin, seconds=seconds,
-                          digest=got.digest, include_dirs=list(got.include_dirs))
-        except Exception as exc:
-            report.line(f"| {dep} | - | FAILED | - | {type(exc).__name__}: {str(exc)[:300]} |")
-
-
-# -- 3. cold builds --------------------------------------------------------------------
-
-BUILD = r"""
-import json, sys, time
+LOAD = r"""
+import json, time
 t = time.monotonic()
 import jitkernels
 k = jitkernels.load("hf", "kernels-community/{name}", backend="cuda")
 print("JK-RESULT " + json.dumps({{"module": k.__name__, "seconds": time.monotonic() - t}}), flush=True)
 """
 
+CONFTEST = """import sys
+import jitkernels
+sys.modules[{pkg!r}] = jitkernels.load("hf", "kernels-community/{name}", backend="cuda")
+"""
 
-def _run(cmd, env, cwd, timeout, log: Path) -> tuple[int | None, float]:
-    """Run with a time box; the whole process group (ninja, nvcc) dies at the limit. (rc or None, seconds)."""
+
+def run_boxed(cmd, env, cwd, seconds: float, log: Path) -> tuple[int | None, float]:
+    """Run with a time box; the whole process group (ninja, nvcc, pytest) dies at the limit."""
     start = time.monotonic()
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            rc = proc.wait(timeout=max(1.0, timeout))
+            rc = proc.wait(timeout=max(1.0, seconds))
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_session(proc.pid)
             proc.wait()
             rc = None
     return rc, time.monotonic() - start
 
 
-def _progress(cache: Path, name: str, since: float) -> tuple[int, int, str]:
-    """Units finished / total and the spec line (``# <describe>``) of ``name``'s build log written after ``since``."""
+def kill_session(sid: int) -> None:
+    """Kill every process of session ``sid``: ninja puts each compile in a process group of its own."""
+    for _ in range(3):
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if os.getsid(int(entry.name)) == sid:
+                        found.append(int(entry.name))
+                except OSError:
+                    pass
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        if not found:
+            return
+        time.sleep(0.2)  # reaped children vanish; a fork in between is caught by the next pass
+
+
+def ninja_progress(cache: Path, name: str, since: float) -> tuple[int, int, str]:
+    """Steps finished / total of ``name``'s newest build log written after ``since``, and its spec line."""
     pattern = f"_{name.replace('-', '_')}_cuda_*.log"
     logs = sorted((p for p in (cache / "logs").glob(pattern) if p.stat().st_mtime >= since),
                   key=lambda p: p.stat().st_mtime)
@@ -193,162 +312,223 @@ def _progress(cache: Path, name: str, since: float) -> tuple[int, int, str]:
     return done, total, header
 
 
-def build(kc: Path, name: str, env: dict, cache: Path, work: Path, seconds: float, report: Report) -> dict:
-    log = work / f"{name}.build.log"
-    since = time.time()
-    rc, wall = _run([sys.executable, "-c", BUILD.format(name=name)], env, work, seconds, log)
+def suggest_cause(text: str) -> tuple[str, str]:
+    """``(cause, evidence)`` from a log: a suggestion, the evidence being the lines it rests on."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+
+    def first(pattern):
+        return next((line for line in lines if re.search(pattern, line)), None)
+
+    missing = first(r"ModuleNotFoundError: No module named|MissingPythonDependencyError")
+    if missing:
+        return "test environment", missing[:300]
+    hub = first(r"(Could not reach the Hub|LocalEntryNotFoundError|OfflineError|huggingface\.co)")
+    if hub:
+        return "test environment", hub[:300]
+    oom = first(r"CUDA out of memory|OutOfMemoryError")
+    if oom:
+        return "test environment", oom[:300]
+    compiled = first(r"error: |fatal error:|error #\d+")
+    if compiled and first(r"FAILED: |BuildError"):
+        return "kernel or JitKernels (compile error: read the unit's command)", compiled[:300]
+    ours = first(r"jitkernels/.*\.py\", line \d+") and first(r"(JitKernelsError|Error: )")
+    if ours:
+        return "JitKernels (traceback through jitkernels)", ours[:300]
+    assertion = first(r"AssertionError|Mismatched elements|assert_close")
+    if assertion:
+        return "kernel (numerics: compare with the published build)", assertion[:300]
+    last = first(r"(Error|error)")
+    return ("unknown (read the log)", last[:300]) if last else ("", "")
+
+
+def build(name: str, env: dict, cache: Path, logs: Path, seconds: float, record: dict) -> None:
+    log = logs / f"{name}.build.{len((record.get('build') or {}).get('runs', [])) + 1}.log"
+    since = time.time() - 1
+    rc, wall = run_boxed([sys.executable, "-c", LOAD.format(name=name)], env, logs, seconds, log)
     text = log.read_text(errors="replace")
-    done, total, header = _progress(cache, name, since)
-    described = re.search(r"(\d+) translation units", header)
-    units = described.group(1) if described else "?"
-    result = {"kernel": name, "rc": rc, "wall": wall, "units": units, "done": done, "total": total, "spec": header}
+    done, total, header = ninja_progress(cache, name, since)
+    built = record.setdefault("build", {"runs": []})
+    run = {"seconds": round(wall, 1), "rc": rc, "done": done, "total": total}
     if rc == 0 and "JK-RESULT" in text:
         info = json.loads(text.split("JK-RESULT ", 1)[1].splitlines()[0])
-        result.update(ok=True, module=info["module"], seconds=info["seconds"],
-                      cell=f"built in {info['seconds']:.1f} s: {header}")
-    else:
-        rate = done / (wall / 60) if wall > 0 else 0.0
-        projected = f"{total / rate:.1f} min projected for all {total} ninja steps" if rate and total else "no unit finished"
-        why = "cut at its time box" if rc is None else "failed: " + " | ".join(
-            line.strip() for line in text.splitlines()[-12:] if line.strip())[-500:]
-        result.update(ok=False, rate=rate, why=why,
-                      cell=f"NOT built, {why}; {done}/{total} ninja steps in {wall:.0f} s = {rate:.2f} units/min, {projected}")
-    report.record(step="build", **{k: v for k, v in result.items() if k != "cell"})
-    return result
+        built.update(ok=True, module=info["module"], spec=header)
+        built.pop("why", None)
+    elif rc is not None:
+        cause, evidence = suggest_cause(text)
+        built.update(ok=False, why=evidence or " | ".join(text.splitlines()[-5:])[-400:])
+        record["cause"] = cause or "build failed"
+    built["runs"].append(run)
 
 
-# -- 4. the kernels' own tests --------------------------------------------------------
-
-CONFTEST = """import sys
-import jitkernels
-sys.modules[{pkg!r}] = jitkernels.load("hf", "kernels-community/{name}", backend="cuda")
-"""
-
-
-def run_tests(kc: Path, name: str, env: dict, work: Path, seconds: float, report: Report) -> dict:
+def run_suite(kc: Path, name: str, env: dict, work: Path, seconds: float, record: dict) -> None:
     target = work / f"{name}-tests"
+    shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(kc / name / "tests", target / "tests")
     package = name.replace("-", "_")
     text = "\n".join(p.read_text(errors="replace") for p in (target / "tests").rglob("*.py"))
     routes = []
-    if "get_kernel" in text:
+    if re.search(r"^[^#\n]*get_kernel\(", text, re.M):
         routes.append("kernels.get_kernel (autopatch)")
     if re.search(rf"^\s*(from|import) {package}\b", text, re.M):
         (target / "conftest.py").write_text(CONFTEST.format(pkg=package, name=name))
         routes.append(f"import {package} (conftest)")
+    aliases = [a for a in ALIASES.get(name, []) if a in text]
+    env = dict(env)
+    if aliases:
+        env["LOCAL_KERNELS"] = ":".join([env.get("LOCAL_KERNELS", "")] + [f"{a}={kc / name}" for a in aliases]).strip(":")
+        env["JITKERNELS_TRUSTED"] = ",".join(filter(None, [env.get("JITKERNELS_TRUSTED", ""), *aliases]))
     selection = TEST_SELECTION.get(name, ["tests"])
-    log = target / "pytest.log"
+    log = work / f"{name}.pytest.log"
     cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-o", "addopts=", *selection]
-    rc, wall = _run(cmd, env, target, seconds, log)
+    rc, wall = run_boxed(cmd, env, target, seconds, log)
     out = log.read_text(errors="replace")
-    shutil.copyfile(log, work / f"{name}.pytest.log")
-    counts = {k: len(re.findall(rf"(?:::\S+| ){k}\b", out)) for k in ("PASSED", "FAILED", "SKIPPED", "ERROR", "XFAIL")}
-    summary = next((line for line in reversed(out.splitlines()) if re.match(r"^=+ .*(passed|failed|error|skipped).* =+$", line)), "")
-    state = "cut at its time box (counts so far)" if rc is None else f"rc {rc}"
-    report.record(step="tests", kernel=name, rc=rc, wall=wall, routes=routes, selection=selection, summary=summary, **counts)
-    return {"cells": f"{', '.join(routes) or '-'} | {' '.join(selection)} | {counts['PASSED']} | {counts['FAILED']} | "
-                     f"{counts['SKIPPED']} | {counts['ERROR']} | {wall:.0f} s, {state}: {summary.strip('= ') or '-'}"}
+    counts = {k.lower(): len(re.findall(rf"(?:::\S+| ){k}\b", out)) for k in ("PASSED", "FAILED", "SKIPPED", "ERROR")}
+    summary = next((line.strip("= ") for line in reversed(out.splitlines())
+                    if re.match(r"^=+ .*(passed|failed|error|skipped|no tests ran).* =+$", line)), "")
+    tests = {"rc": rc, "seconds": round(wall, 1), "routes": routes, "selection": selection, "summary": summary,
+             "passed": counts["passed"], "failed": counts["failed"], "skipped": counts["skipped"],
+             "errors": counts["error"], "timed_out": rc is None}
+    if aliases:
+        tests["aliases"] = ", ".join(f"{a} mapped to kernels-community/{name}'s source" for a in aliases)
+    if rc not in (0, None) or counts["failed"] or counts["error"]:
+        tests["cause"], tests["evidence"] = suggest_cause(out)
+    record["tests"] = tests
 
 
-def cell(text: str) -> str:
-    return text.replace("|", "/").replace("\n", " ")
+def make_carry(args) -> int:
+    """One folder with what a run on the GPU machine reads: sources, CUTLASS archives, suite wheels."""
+    dest = Path(args.make_carry)
+    names = [n for n in args.kernels.split(",") if n]
+    if not names:
+        raise SystemExit("--make-carry needs --kernels")
+    shutil.rmtree(dest, ignore_errors=True)
+    for name in names:
+        shutil.copytree(Path(args.kc) / name, dest / "kc" / name, ignore=shutil.ignore_patterns(".git", "__pycache__"))
+    run = ["python", "benchmarks/gpu_corpus.py", "--kc", str(dest / "kc"), "--kernels", args.kernels]
+    for option, folder, pattern in (("--cutlass-archives", args.cutlass_archives, "cutlass-*.tar.gz"),
+                                    ("--site", args.site, "*.whl")):
+        if folder:
+            target = dest / option.strip("-")
+            target.mkdir(parents=True)
+            for path in Path(folder).glob(pattern):
+                shutil.copyfile(path, target / path.name)
+            run += [option, str(target)]
+    total = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    print(f"carry {dest}: {total} bytes = {total / 2**20:.2f} MiB; on the GPU machine:")
+    print(" ".join(run + ["--out", "$OUT", "--deadline", str(int(args.deadline))]))
+    return 0
 
 
-def cuda_library_headers(report: Report) -> None:
-    """torch's CUDA headers include cusparse.h/cublas_v2.h; a toolkit without them (nvcc only) gets the pip
-    nvidia-* wheels' include folders through CPATH, and the report says so."""
-    import site
-
-    from jitkernels import machine as environment
-
-    home = Path(str(environment.cuda_home() or "/usr/local/cuda"))
-    if (home / "include" / "cusparse.h").exists():
-        return
-    roots = [Path(p) for p in site.getsitepackages() + [site.getusersitepackages()]] + [Path(p) for p in sys.path if p]
-    found = sorted({str(inc) for root in roots for inc in root.glob("nvidia/*/include") if (inc / "cusparse.h").exists()})
-    if found:
-        os.environ["CPATH"] = os.pathsep.join(found + [os.environ.get("CPATH", "")]).strip(os.pathsep)
-        report.line(f"\nnote: {home}/include has no cusparse.h; CPATH={os.environ['CPATH']} (pip nvidia headers)")
-
+# -- main ------------------------------------------------------------------------------------------
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--kc", required=True, help="kernels-community checkout (source trees)")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--kernels", default="punica-sgmv,deep-gemm,megablocks,sage-attention,flash-mla",
-                        help="in order; 'a+b' builds a and b at the same time (for kernels with few units)")
-    parser.add_argument("--partial", default="", help="kernels to build for --partial-seconds only (units/min)")
-    parser.add_argument("--partial-seconds", type=float, default=150)
+    parser.add_argument("--out", help="where the table and state.json are written ($OUT)")
+    parser.add_argument("--make-carry", default=None, metavar="DEST",
+                        help="here: copy --kernels' sources from --kc, --cutlass-archives and --site into DEST "
+                             "(an ignored folder the GPU machine gets), print its size and the command, and stop")
+    parser.add_argument("--state", default="/tmp/jk-corpus",
+                        help="state folder kept between back-to-back runs: state.json, cache/, logs/")
+    parser.add_argument("--resume-from", default=None, help="an earlier run's state.json (fresh machine)")
+    parser.add_argument("--kernels", default="", help="only these, in this order (default: the whole queue)")
+    parser.add_argument("--skip", default="", help="kernels left out of this run")
     parser.add_argument("--cutlass-archives", default=None)
+    parser.add_argument("--site", default=None, help="a folder of wheels installed with --no-deps for the suites "
+                                                     "(upstream kernels 0.17.2 for get_kernel)")
     parser.add_argument("--deadline", type=float, default=540, help="seconds after start to stop starting work")
-    parser.add_argument("--build-cap", type=float, default=420)
-    parser.add_argument("--test-cap", type=float, default=120)
-    parser.add_argument("--no-strategies", action="store_true")
-    parser.add_argument("--cache", default=None, help="JITKERNELS_CACHE (default: a fresh temp folder)")
+    parser.add_argument("--build-cap", type=float, default=480, help="seconds one build may take in one run")
+    parser.add_argument("--test-cap", type=float, default=150, help="seconds one suite may take")
+    parser.add_argument("--parallel", type=int, default=4, help="small kernels (<= 4 CUDA units) built at once")
+    parser.add_argument("--retest", action="store_true", help="run suites again that already ran")
+    parser.add_argument("--causes", default=None, help="JSON {kernel: 'cause: evidence'} (verdicts after reading)")
+    parser.add_argument("--no-tests", action="store_true", help="build only")
     args = parser.parse_args()
+    if args.make_carry:
+        return make_carry(args)
+    if not args.out:
+        parser.error("--out is required (unless --make-carry)")
 
     kc = Path(args.kc).resolve()
-    report = Report(Path(args.out))
-    cache = Path(args.cache or tempfile.mkdtemp(prefix="jk-corpus-cache-"))
+    out = Path(args.out)
+    state_dir = Path(args.state)
+    state = State(state_dir, out, Path(args.resume_from) if args.resume_from else None)
+    causes = json.loads(Path(args.causes).read_text()) if args.causes else {}
+    cache, logs = state_dir / "cache", state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
     os.environ["JITKERNELS_CACHE"] = str(cache)
-    work = Path(tempfile.mkdtemp(prefix="jk-corpus-"))
-    names = [n for n in args.kernels.split(",") if n]  # "a+b": built at the same time (fewer units than cores)
-    partial = [n for n in args.partial.split(",") if n]
-    every = [n for group in names for n in group.split("+")] + partial
-    os.environ["LOCAL_KERNELS"] = ":".join(f"kernels-community/{n}={kc / n}" for n in every)
     os.environ.setdefault("MAX_JOBS", "16")
-    facts = environment_facts()
-    report.line(f"\n# JitKernels CUDA corpus run ({time.strftime('%Y-%m-%d %H:%M')})\n")
-    report.line(" | ".join(f"{k}: {v}" for k, v in facts.items()) + f" | MAX_JOBS: {os.environ['MAX_JOBS']}")
-    report.record(step="environment", **facts)
-    cuda_library_headers(report)
-    if not args.no_strategies:
-        strategies(kc, report)
+    os.environ.setdefault("JITKERNELS_PROGRESS", "0")
+    sys.path.insert(0, str(ROOT))
+    run = {"n": len(state.data["runs"]) + 1, "started": time.strftime("%Y-%m-%d %H:%M"), "seconds": 0.0,
+           "steps": 0, "command": " ".join(sys.argv[1:])}
+    state.data["runs"].append(run)
+    state.data["environment"] = environment_facts()
+    wanted = [n for n in args.kernels.split(",") if n]
+    queue = [n for n in plan(kc, state, wanted or None) if n not in args.skip.split(",")]
+    state.save(causes)
+    env = dict(os.environ, JITKERNELS_AUTOPATCH="1", PYTHONUNBUFFERED="1",
+               LOCAL_KERNELS=":".join(f"kernels-community/{n}={kc / n}" for n in queue))
+    env.pop("HF_HUB_DISABLE_TELEMETRY", None)  # kernels 0.17.2 then sends an invalid User-Agent
+    paths = [str(ROOT), str(ROOT / "hooks")]  # hooks/sitecustomize.py: autopatch without the .pth
+    if args.site:
+        site = state_dir / "site"
+        if not site.exists():
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                            "--target", str(site), *map(str, Path(args.site).glob("*.whl"))], check=True)
+        paths.insert(0, str(site))
+    env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")]).strip(os.pathsep)
     if args.cutlass_archives:
-        os.environ["JITKERNELS_CUTLASS_URL"] = serve(Path(args.cutlass_archives)) + "/cutlass-{version}.tar.gz"
-        resolve_cutlass(kc, every, report)
-    env = dict(os.environ, JITKERNELS_AUTOPATCH="1", PYTHONUNBUFFERED="1")
-    env.pop("HF_HUB_DISABLE_TELEMETRY", None)
-    dg = next((p for p in (cache / "inputs" / "cutlass" / "4.0.0" / "include",) if p.is_dir()), None)
-    if dg is not None:  # deep-gemm JIT-compiles at run time with CUTLASS headers (its DG_CUTLASS_INCLUDE)
-        env.setdefault("DG_CUTLASS_INCLUDE", str(dg))
-    report.line("\n## Cold builds (local arch only, a fresh cache, CUTLASS already fetched) and the kernels' own tests "
-                "(JITKERNELS_AUTOPATCH=1, LOCAL_KERNELS, warm cache)\n")
-    report.line("| kernel | cold build | test route | selection | passed | failed | skipped | errors | tests |")
-    report.line("|---|---|---|---|---|---|---|---|---|")
-    for group in [g.split("+") for g in names] + [[n] for n in partial]:
-        left = remaining(args.deadline)
-        if left < 30:
-            for name in group:
-                report.line(f"| {name} | not started (deadline) |" + " |" * 7)
+        env["JITKERNELS_CUTLASS_URL"] = serve(Path(args.cutlass_archives)) + "/cutlass-{version}.tar.gz"
+    dg = cache / "entries" / "cutlass-4.0.0" / "include"
+    env.setdefault("DG_CUTLASS_INCLUDE", str(dg))  # deep-gemm JIT-compiles at run time with CUTLASS headers
+
+    def step_done() -> None:
+        run["seconds"] = round(elapsed(), 1)
+        run["steps"] += 1
+        state.save(causes)
+
+    def left() -> float:
+        return args.deadline - elapsed()
+
+    def needs_build(name: str) -> bool:  # never tried, or cut at a time box (a failed build is not retried)
+        built = state.kernel(name).get("build") or {}
+        return not built.get("ok") and not (built.get("runs") and built["runs"][-1].get("rc") is not None)
+
+    pending = [n for n in queue if needs_build(n)]
+    while pending and left() > 30:
+        small = [n for n in pending if state.kernel(n)["cuda_units"] <= 4][:max(1, args.parallel)]
+        group = small if small and pending[0] in small else [pending[0]]
+        cap = min(args.build_cap, left() - 15)
+        threads = [threading.Thread(target=build, args=(n, env, cache, logs, cap, state.kernel(n))) for n in group]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for n in group:
+            pending.remove(n)
+        step_done()
+        for n in group:  # its suite right after its build, while the deadline allows
+            if args.no_tests or left() < 40:
+                continue
+            record = state.kernel(n)
+            if (record.get("build") or {}).get("ok") and not record.get("no_tests") and (
+                    args.retest or "tests" not in record):
+                run_suite(kc, n, env, logs, min(args.test_cap, left() - 10), record)
+                step_done()
+    for n in queue:  # built in an earlier run, suite not run yet
+        record = state.kernel(n)
+        if args.no_tests or left() < 40 or record.get("no_tests") or not (record.get("build") or {}).get("ok"):
             continue
-        results: dict[str, dict] = {}
-
-        def one(name: str) -> None:
-            cap = min(args.partial_seconds if name in partial else args.build_cap, left)
-            results[name] = build(kc, name, env, cache, work, cap, report)
-
-        threads = [threading.Thread(target=one, args=(name,)) for name in group]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        for name in group:
-            result = results[name]
-            alongside = [n for n in group if n != name]
-            note = f" (built at the same time as {', '.join(alongside)})" if alongside else ""
-            tests = "|" + " |" * 7
-            left_tests = remaining(args.deadline + 45)
-            if result.get("ok") and name not in partial and left_tests > 20:
-                tests = "| " + run_tests(kc, name, env, work, min(args.test_cap, left_tests), report)["cells"] + " |"
-                tests = tests.replace("\n", " ")
-            elif result.get("ok"):
-                tests = "| not run (deadline) |" + " |" * 6
-            report.line(f"| {name} | {cell(result['cell'] + note)} {tests}")
-    logs = Path(args.out) / "logs.tar.gz"
-    subprocess.run(["tar", "-czf", str(logs), "-C", str(work.parent), work.name, "-C", str(cache), "logs"],
+        if args.retest or "tests" not in record:
+            run_suite(kc, n, env, logs, min(args.test_cap, left() - 10), record)
+            step_done()
+    run["seconds"] = round(elapsed(), 1)
+    state.save(causes)
+    subprocess.run(["tar", "-czf", str(out / "logs.tar.gz"), "-C", str(state_dir), "logs", "-C", str(cache), "logs"],
                    capture_output=True)
-    report.line(f"\ntotal {time.monotonic() - START:.0f} s; logs (build, pytest, compiler): {logs.name}")
+    print((out / "gpu-corpus.md").read_text())
     return 0
 
 

@@ -120,13 +120,49 @@ def disable_build() -> bool:
     return _flag("JITKERNELS_DISABLE_BUILD")
 
 
-def cuda_home() -> str | None:
-    """``CUDA_HOME`` / ``CUDA_PATH``, else the folder above the ``nvcc`` found on PATH."""
+def cuda_home_setting() -> tuple[str, str] | None:
+    """``("CUDA_HOME", folder)`` or ``("CUDA_PATH", folder)``: the CUDA toolkit the user names, if any."""
     for name in ("CUDA_HOME", "CUDA_PATH"):
         value = os.environ.get(name)
         if value:
-            return value
+            return name, value
     return None
+
+
+def cuda_home() -> str | None:
+    """``CUDA_HOME`` / ``CUDA_PATH`` (else JitKernels looks for a toolkit: jitkernels.build.toolchain)."""
+    setting = cuda_home_setting()
+    return setting[1] if setting else None
+
+
+def cuda_inc_path() -> str | None:
+    """``CUDA_INC_PATH`` (as torch and CMake read it): one more CUDA header folder, after the toolkit's."""
+    return os.environ.get("CUDA_INC_PATH", "").strip() or None
+
+
+def cuda_provision() -> bool:
+    """``JITKERNELS_CUDA_PROVISION=0``: never download a CUDA compiler; only a local toolkit builds (default on)."""
+    return switch("JITKERNELS_CUDA_PROVISION") is not False
+
+
+def cuda_index() -> str | None:
+    """``JITKERNELS_CUDA_INDEX``: the package indexes (URLs, space separated) CUDA compilers come from; unset: pip's."""
+    return os.environ.get("JITKERNELS_CUDA_INDEX", "").strip() or None
+
+
+def pip_index_url() -> str | None:
+    """``PIP_INDEX_URL`` (pip's own), when pip itself cannot be asked for its settings."""
+    return os.environ.get("PIP_INDEX_URL", "").strip() or None
+
+
+def pip_extra_index_url() -> str | None:
+    """``PIP_EXTRA_INDEX_URL`` (pip's own), when pip itself cannot be asked for its settings."""
+    return os.environ.get("PIP_EXTRA_INDEX_URL", "").strip() or None
+
+
+def pip_no_index() -> bool:
+    """``PIP_NO_INDEX=1`` (pip's own), when pip itself cannot be asked for its settings."""
+    return _flag("PIP_NO_INDEX")
 
 
 def shared_cache_ok() -> bool:
@@ -214,7 +250,8 @@ def compiler_cache() -> str:
 
 
 def offline() -> bool:
-    """``JITKERNELS_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1``): JitKernels downloads no build inputs (CUTLASS archives).
+    """``JITKERNELS_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1``): JitKernels downloads no build inputs (CUTLASS archives,
+    CUDA compilers).
 
     The Hub itself follows huggingface_hub's ``HF_HUB_OFFLINE``.
     """

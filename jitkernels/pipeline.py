@@ -76,7 +76,10 @@ def _backend(backend: str | None) -> str:
 
 
 def _toolchain(backend: str) -> Toolchain:
-    return Toolchain(torch=machine.torch_version(), cuda=machine.nvcc_version() if backend == "cuda" else None)
+    """torch, and for CUDA every compiler a build could use (local toolkits, the package index)."""
+    from .build import toolchain
+
+    return toolchain.plan_toolchain(backend)
 
 
 # -- resolution -----------------------------------------------------------------------------------

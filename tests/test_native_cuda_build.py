@@ -1,26 +1,77 @@
-"""CUDA kernels compile, link and register their ops without a GPU (torch CUDA build + local nvcc).
+"""CUDA kernels compile, link and register their ops without a GPU (a CUDA build of torch, no GPU).
 
-Running them needs a GPU: that part is `benchmarks/gpu_check.py` on the GPU machine.
+The compiler is the one :mod:`jitkernels.build.toolchain` chooses: a local toolkit if one will do, else
+NVIDIA's compiler wheels from the package index. CI runs these tests with the machine's toolkit hidden
+(``.ci/hide-cuda-toolkit``), so there they compile with a provisioned nvcc. Running the kernels needs a
+GPU: that part is ``benchmarks/gpu_check.py`` / ``gpu_toolchain.py`` on the GPU machine.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 import jitkernels
-from jitkernels import machine as environment
+from jitkernels.build import toolchain
+from jitkernels.cache import layout
+from jitkernels.cache.manifest import read_manifest
 
 from conftest import EXAMPLES, FIXTURES
 
 pytestmark = [
     pytest.mark.cuda_build,
     pytest.mark.skipif(torch.version.cuda is None, reason="needs a CUDA build of torch"),
-    pytest.mark.skipif(environment.nvcc_version() is None, reason="needs nvcc (set CUDA_HOME)"),
 ]
 
 
-def test_cuda_fixture_compiles_links_and_registers_ops(monkeypatch):
+@pytest.fixture(scope="module")
+def compiler(tmp_path_factory):
+    """The CUDA compiler of these builds. Without a local toolkit that will do, it is provisioned here, once,
+    from the package index (into a cache of its own), then linked into each test's cache (:func:`nvcc`)."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("JITKERNELS_CACHE", str(tmp_path_factory.mktemp("compiler-cache")))
+        chosen = toolchain.for_build(None)
+        if chosen.origin == "none":
+            pytest.skip(toolchain.no_compiler_message("the CUDA fixtures"))
+        if chosen.home is None:
+            chosen = dataclasses.replace(chosen, home=str(toolchain.provision(chosen.version)))
+    return chosen
+
+
+@pytest.fixture(autouse=True)
+def nvcc(compiler, isolated) -> str:
+    """The nvcc this test's builds must run: the local one, or the provisioned one in this test's cache."""
+    home = compiler.home
+    if compiler.origin == "index":
+        home = str(layout.entry_dir(Path(compiler.home).name))
+        shutil.copytree(compiler.home, home, copy_function=os.link)  # what a second build on a machine finds
+    return os.path.join(home, "bin", "nvcc")
+
+
+def test_without_a_local_toolkit_the_compiler_comes_from_the_package_index(compiler):
+    """What .ci/run proves with the machine's toolkit hidden: torch's CUDA release, from the index, verified."""
+    if compiler.origin == "local":
+        pytest.skip(f"a local CUDA toolkit will do and is preferred ({compiler.where}); .ci/run hides it")
+    from jitkernels.inputs import package_index
+
+    manifest = read_manifest(Path(compiler.home))
+    assert manifest["nvcc_release"] == torch.version.cuda
+    release = toolchain.torch_release()
+    if release:  # torch's wheel names its CUDA release (cuda-toolkit==13.0.3 for torch 2.14.1)
+        assert manifest["cuda_toolkit"] == release
+    indexes, _source = package_index.configured()
+    projects = sorted(c["project"] for c in manifest["components"])
+    assert projects == sorted(toolchain.COMPONENTS)
+    assert all(len(c["sha256"]) == 64 and c["index"] in indexes for c in manifest["components"])
+    assert toolchain.nvcc_release(compiler.home) == torch.version.cuda
+
+
+def test_cuda_fixture_compiles_links_and_registers_ops(monkeypatch, nvcc):
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
     monkeypatch.setenv("JITKERNELS_VERBOSE", "1")  # the log keeps every compiler command
     i = jitkernels.inspect_local(EXAMPLES / "scaled-add", backend="cuda")
@@ -33,6 +84,7 @@ def test_cuda_fixture_compiles_links_and_registers_ops(monkeypatch):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(ops.scaled_add.default.name(), "CUDA")
     # Only the asked arch was built (kernel-builder would build ten and PTX), with kernel-builder's nvcc flags.
     log = (jitkernels.config.cache_dir() / "logs" / f"{k.__name__}.log").read_text()
+    assert f"{nvcc} " in log  # the chosen compiler, no other
     assert "arch=compute_90,code=sm_90" in log
     assert "sm_80" not in log and "code=compute_" not in log
     assert "--expt-extended-lambda" in log and "-D__CUDA_NO_HALF_OPERATORS__" not in log
@@ -70,10 +122,12 @@ def test_build_command_compiles_for_an_arch_without_a_gpu_and_a_machine_of_that_
     assert f"LOADED {name} True" in out.stdout
 
 
-def test_cutlass_kernel_compiles_for_sm90_with_headers_from_a_served_release_archive(monkeypatch):
+def test_cutlass_kernel_compiles_for_sm90_with_headers_from_a_served_release_archive(monkeypatch, nvcc):
     """The full pipeline for a CUTLASS kernel laid out as punica-sgmv: CUTLASS 3.8.0's real headers (those of
     the nvidia-cutlass 3.8.0 wheel, packed as NVIDIA's tag archive and served on 127.0.0.1) are downloaded,
-    checked against the real pinned git tree ids, cached, and compile and link the kernel for sm_90."""
+    checked against the real pinned git tree ids, cached, and compile and link the kernel for sm_90. Its
+    sm80 section includes ``ATen/cuda/CUDAContext.h`` (as relu and paged-attention do): cuSPARSE, cuBLAS
+    and cuSOLVER headers come from torch's own NVIDIA wheels (no toolkit had them here before)."""
     from cutlass_archives import ArchiveServer, release_archive
 
     from jitkernels.inputs import cutlass
@@ -98,9 +152,10 @@ def test_cutlass_kernel_compiles_for_sm90_with_headers_from_a_served_release_arc
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op.default.name(), "CUDA")
     folder = cutlass.cache_folder("3.8.0")
     log = (jitkernels.config.cache_dir() / "logs" / f"{k.__name__}.log").read_text()
-    nvcc = {unit: line for line in log.splitlines() for unit in ("gemm_cutlass.cu", "scale.cu")
-            if "nvcc" in line and f"/{unit} -o " in line}
-    assert f"-isystem {folder}/include -isystem {folder}/tools/util/include" in nvcc["gemm_cutlass.cu"]
-    assert "arch=compute_90,code=sm_90" in nvcc["gemm_cutlass.cu"]
+    commands = {unit: line for line in log.splitlines() for unit in ("gemm_cutlass.cu", "scale.cu")
+                if "nvcc" in line and f"/{unit} -o " in line}
+    assert len(commands) == 2 and all(f"{nvcc} " in line for line in commands.values())  # the chosen compiler
+    assert f"-isystem {folder}/include -isystem {folder}/tools/util/include" in commands["gemm_cutlass.cu"]
+    assert "arch=compute_90,code=sm_90" in commands["gemm_cutlass.cu"]
     # the section for other GPUs: PTX only, for its own capability, never SASS for sm_80
-    assert "arch=compute_80,code=compute_80" in nvcc["scale.cu"] and "code=sm_80" not in nvcc["scale.cu"]
+    assert "arch=compute_80,code=compute_80" in commands["scale.cu"] and "code=sm_80" not in commands["scale.cu"]

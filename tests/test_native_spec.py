@@ -7,10 +7,12 @@ import sys
 import pytest
 
 from jitkernels import machine as environment
+from jitkernels.build import toolchain
 from jitkernels.plan.buildconfig import parse_build_toml
 from jitkernels.build.native import flags as F
 from jitkernels.build.native.codegen import REGISTRATION_H
 from jitkernels.build.native.spec import make_spec
+from jitkernels.plan.strategy import CudaOption
 
 from conftest import EXAMPLES, FIXTURES
 
@@ -43,7 +45,7 @@ src = ["hopper/k.cu"]
 
 def spec(config, backend, kernels, monkeypatch, archs="9.0", digest="d" * 64):
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", archs)
-    monkeypatch.setattr(environment, "nvcc_version", lambda: "13.0")
+    monkeypatch.setattr(toolchain, "options", lambda: (CudaOption("13.0", "local", "a test toolkit", home="/t"),))
     return make_spec(config, "k", backend, kernels, "_k_" + backend + "_x", digest)
 
 

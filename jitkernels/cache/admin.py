@@ -33,7 +33,7 @@ class EntryInfo:
     kernel: str | None
     revision: str | None
     backend: str | None
-    kind: str  # "python" | "native" | "git-source"
+    kind: str  # "python" | "native" | "git-source" | "cuda-compiler"
     archs: list
     abi: str | None
     torch: str | None
@@ -69,6 +69,8 @@ def describe(folder: Path) -> EntryInfo:
     toolchain = manifest.get("toolchain") if isinstance(manifest.get("toolchain"), dict) else {}
     if "git" in manifest:
         kind = "git-source"
+    elif "cuda_toolkit" in manifest:
+        kind = "cuda-compiler"
     elif "build_key" in manifest:
         kind = "native"
     else:

@@ -24,9 +24,11 @@ index/<provider>/by-name/<org>/<name as written>/<commit>/<backend>-<envkey>.jso
 local/<digest>.json                              memo of a local kernel folder: its files' stats -> entry
 trust/<provider>/<org>/<name>/<commit>.json      durable trust grants (the Hub's publisher flag)
 entries/<entry name>/                            published, immutable: a kernel package, a git source,
-                                                 CUTLASS headers (cutlass-<version>)
+                                                 CUTLASS headers (cutlass-<version>), a CUDA compiler
+                                                 provisioned from the package index (cuda-<release>-<arch>)
     manifest.json                                what it is, how it was made, file sizes and sha256
-    <python_name>/ | tree/ | include/            the importable package (+ library) | a source tree | headers
+    <python_name>/ | tree/ | include/ | bin/...  the importable package (+ library) | a source tree | headers
+                                                 | a CUDA home (bin/nvcc, nvvm/, include/, lib/)
 builds/<workspace>/                              a native build's sources and objects (resume, incremental)
 logs/<extension>.log                             full compiler output of the last build
 staging/<prefix>.<host>.<boot>.<pid>.<random>/   private work folders, each owned by a file lock

@@ -3,7 +3,9 @@
 Each section is a plain dict (the CLI prints them as a table or as JSON):
 ``jitkernels`` (package versions), ``python`` (free-threaded or not),
 ``torch`` (CUDA/ROCm, the stable-ABI versions it serves), ``toolchain``
-(host compiler, ninja, nvcc), ``gpus`` (from the per-boot memo when there is
+(host compiler, ninja), ``cuda`` (which nvcc a CUDA build would use and why:
+the local toolkits, provisioned compilers, whether the package index may
+provide one, see :mod:`jitkernels.build.toolchain`), ``gpus`` (from the per-boot memo when there is
 one, so CUDA is not initialised), ``cache`` (folder, size, entries), ``hub``
 (reachable with a short timeout, skipped offline). A section that cannot be
 determined says so in an ``error`` key: the doctor itself never fails.
@@ -96,16 +98,19 @@ def toolchain() -> dict:
         ninja_facts = {"path": ninja, "version": _first_line([ninja, "--version"])}
     except JitKernelsError as exc:
         ninja_facts = {"path": None, "error": str(exc)}
-    home = machine.cuda_home()
-    nvcc = os.path.join(home, "bin", "nvcc") if home else None
     return {
         "cxx": {"command": cxx, "path": cxx_path, "version": _first_line([cxx_path, "--version"]) if cxx_path else None},
         "cc": config.cc(),
         "ninja": ninja_facts,
-        "nvcc": {"cuda_home": home, "path": nvcc if nvcc and os.path.exists(nvcc) else None,
-                 "version": machine.nvcc_version() if home else None},
         "max_jobs": config.max_jobs(),
     }
+
+
+def cuda() -> dict:
+    """Which nvcc a CUDA build would use here, and why (kernels' own bounds: ``doctor NAME`` / ``inspect``)."""
+    from ..build import toolchain as cuda_toolchain
+
+    return cuda_toolchain.describe()
 
 
 def gpus() -> dict:
@@ -195,6 +200,7 @@ def report(name: str | None = None, *, provider="hf_kernels", revision=None, ver
         "python": _safe(python),
         "torch": _safe(torch_facts),
         "toolchain": _safe(toolchain),
+        "cuda": _safe(cuda),
         "gpus": _safe(gpus),
         "cache": _safe(cache_facts),
         "hub": _safe(hub),
@@ -236,11 +242,11 @@ def kernel(name: str, *, provider="hf_kernels", revision=None, version=None, bac
         return {**out, "would": "import", "why": f"{inspection.detail} Its files are fetched and imported."}
     if config.disable_build():
         return {**out, "would": "fail", "why": "not in the cache and JITKERNELS_DISABLE_BUILD=1 forbids compiling"}
-    problem = _build_problem(inspection.backend)
+    problem = _build_problem(inspection)
     if problem:
         return {**out, "would": "fail", "why": problem}
     return {**out, "would": "compile",
-            "why": f"{inspection.detail} Not in the cache: compiled here once ({_build_tools(inspection.backend)}), "
+            "why": f"{inspection.detail} Not in the cache: compiled here once ({_build_tools(inspection)}), "
                    f"then cached."}
 
 
@@ -284,23 +290,25 @@ def _prepared(inspection) -> bool:
         return False
 
 
-def _build_problem(backend: str) -> str | None:
+def _build_problem(inspection) -> str | None:
     facts = toolchain()
     if facts["ninja"].get("path") is None:
         return facts["ninja"].get("error") or "ninja is not installed (pip install ninja)"
     if facts["cxx"]["path"] is None:
         return f"the C++ compiler {facts['cxx']['command']!r} (CXX) is not on PATH"
-    if backend == "cuda":
-        if facts["nvcc"]["path"] is None:
-            return "building a CUDA kernel needs nvcc; none found (install the CUDA toolkit or set CUDA_HOME)"
+    if inspection.backend == "cuda":
+        if not inspection.cuda_compiler:
+            from ..build import toolchain as cuda_toolchain
+
+            return cuda_toolchain.no_compiler_message(inspection.repo_id)
         if not machine.cuda_archs():
             return "no GPU arch to build for: no visible GPU and TORCH_CUDA_ARCH_LIST is unset"
     return None
 
 
-def _build_tools(backend: str) -> str:
-    if backend == "cuda":
-        return f"nvcc {machine.nvcc_version()}, archs {', '.join(machine.cuda_archs())}"
+def _build_tools(inspection) -> str:
+    if inspection.backend == "cuda":
+        return f"{inspection.cuda_compiler}, archs {', '.join(machine.cuda_archs())}"
     return f"{config.cxx()}, {config.max_jobs()} jobs"
 
 

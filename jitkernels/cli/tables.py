@@ -8,7 +8,8 @@ import time
 _FIELDS = [
     "strategy", "reason", "backend", "repo_id", "revision", "requested_revision", "source",
     "source_location", "python_name", "module_name", "expected_extension_name", "dependencies",
-    "unsupported_dependencies", "python_depends", "kernel_depends", "kernels", "stable_abi", "edition", "detail",
+    "unsupported_dependencies", "python_depends", "kernel_depends", "kernels", "stable_abi", "edition", "cuda_compiler",
+    "detail",
 ]
 
 

@@ -17,13 +17,16 @@ The rules, for every archive the project unpacks:
   memory.
 
 Release archives carry one top folder (``cutlass-3.8.0/``); ``git archive``
-output has none; both are accepted. Every refusal is a
+output has none; both are accepted. Wheels (zip) of NVIDIA's CUDA compiler go
+through the same rules, with their own size bounds (``cicc`` alone is 76 MB)
+and members left out by name (``exclude``), see :mod:`jitkernels.build.toolchain`. Every refusal is a
 :class:`~jitkernels.errors.BuildInputError` that names the member and what is
 wrong with it.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import gzip
 import lzma
 import os
@@ -137,7 +140,7 @@ def _zip_members(archive: Path, zf: zipfile.ZipFile) -> list[_Member]:
             kind = "dir"
         elif stat.S_ISLNK(mode):
             kind = "symlink"  # its target is never read: links are not unpacked
-        elif mode and not stat.S_ISREG(mode):
+        elif stat.S_IFMT(mode) and not stat.S_ISREG(mode):  # no type bits at all (``zipfile.writestr``): a file
             raise _refuse(archive, info.filename, "is a device, FIFO or other special file")
         else:
             kind = "file"
@@ -156,7 +159,23 @@ def _top_folder(members: list[_Member], wanted: tuple[str, ...]) -> str:
     return ""
 
 
-def _plan(archive: Path, members: list[_Member], folders: tuple[str, ...]) -> list[tuple[str, str, _Member]]:
+@dataclass(frozen=True)
+class Limits:
+    """Size bounds of one unpacking: one file, and all unpacked files together."""
+
+    file_bytes: int = MAX_FILE_BYTES
+    unpacked_bytes: int = MAX_UNPACKED_BYTES
+
+
+def _excluded(inner: str, exclude: tuple[str, ...]) -> bool:
+    """``inner`` is an excluded name (``fnmatch`` pattern) or lies below one."""
+    parts = inner.split("/")
+    return any(fnmatch.fnmatchcase("/".join(parts[:n]), pattern.rstrip("/"))
+               for pattern in exclude for n in range(1, len(parts) + 1))
+
+
+def _plan(archive: Path, members: list[_Member], folders: tuple[str, ...], exclude: tuple[str, ...] = (),
+          limits: Limits = Limits()) -> list[tuple[str, str, _Member]]:
     """``(path inside dest, folder, member)`` for every member to unpack, after every check that needs no data."""
     top = _top_folder(members, folders)
     chosen: list[tuple[str, str, _Member]] = []
@@ -165,7 +184,7 @@ def _plan(archive: Path, members: list[_Member], folders: tuple[str, ...]) -> li
     for member in members:
         inner = member.name[len(top):] if top and member.name.startswith(top) else ("" if top else member.name)
         folder = next((f for f in folders if inner == f or inner.startswith(f + "/")), None)
-        if folder is None:
+        if folder is None or _excluded(inner, exclude):
             continue
         if member.kind in ("symlink", "hardlink"):
             raise _refuse(archive, member.name, f"is a {'symbolic' if member.kind == 'symlink' else 'hard'} link "
@@ -176,13 +195,13 @@ def _plan(archive: Path, members: list[_Member], folders: tuple[str, ...]) -> li
             raise _refuse(archive, member.name, f"appears twice in the archive (as a {before} and as a {member.kind})")
         kinds[inner] = member.kind
         if member.kind == "file":
-            if member.size > MAX_FILE_BYTES:
-                raise _refuse(archive, member.name, f"is {member.size} bytes, beyond {MAX_FILE_BYTES >> 20} MiB for "
-                              f"one file (a decompression bomb?)")
+            if member.size > limits.file_bytes:
+                raise _refuse(archive, member.name, f"is {member.size} bytes, beyond {limits.file_bytes >> 20} MiB "
+                              f"for one file (a decompression bomb?)")
             total += member.size
-            if total > MAX_UNPACKED_BYTES:
-                raise _refuse(archive, member.name,
-                              f"takes the unpacked size beyond {MAX_UNPACKED_BYTES >> 20} MiB (a decompression bomb?)")
+            if total > limits.unpacked_bytes:
+                raise _refuse(archive, member.name, f"takes the unpacked size beyond {limits.unpacked_bytes >> 20} MiB "
+                              f"(a decompression bomb?)")
         chosen.append((inner, folder, member))
     for inner, _folder, member in chosen:
         parent = posixpath.dirname(inner)
@@ -193,18 +212,21 @@ def _plan(archive: Path, members: list[_Member], folders: tuple[str, ...]) -> li
     return chosen
 
 
-def unpack_folders(archive: Path, folders: tuple[str, ...], dest: Path) -> dict[str, int]:
+def unpack_folders(archive: Path, folders: tuple[str, ...], dest: Path, *, exclude: tuple[str, ...] = (),
+                   limits: Limits = Limits()) -> dict[str, int]:
     """Unpack ``folders`` (e.g. ``include``, ``tools/util/include``) of ``archive`` into ``dest``.
 
-    ``dest`` must be an empty folder made for this (a staging folder). Returns ``{folder: files unpacked}``.
+    ``dest`` must be an empty folder made for this (a staging folder). ``exclude``: members (``fnmatch``
+    patterns of their path inside the archive's top folder, or folders) not unpacked, though still checked.
+    Returns ``{folder: files unpacked}``.
     """
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
-                chosen = _plan(archive, _zip_members(archive, zf), folders)
+                chosen = _plan(archive, _zip_members(archive, zf), folders, exclude, limits)
                 return _unpack(archive, chosen, folders, dest, lambda m: zf.open(m.handle))
         with tarfile.open(archive, "r:*") as tar:
-            chosen = _plan(archive, _tar_members(archive, tar), folders)
+            chosen = _plan(archive, _tar_members(archive, tar), folders, exclude, limits)
 
             def open_member(member: _Member):
                 handle = tar.extractfile(member.handle)

@@ -57,6 +57,8 @@ class Inspection:
     digest: str | None = None
     #: ``org/name@v1`` / ``org/name@<revision>``: kernels loaded first (kernel-depends).
     kernel_depends: tuple[str, ...] = ()
+    #: CUDA kernels: the nvcc that builds it and where it comes from (a local toolkit, the package index).
+    cuda_compiler: str | None = None
     #: Every input and how it resolves (:class:`jitkernels.inputs.ResolvedInput`), for ``inspect``.
     inputs: tuple = field(default=(), compare=False)
     #: Every way of loading the kernel that was looked at (:class:`Option`), the chosen one last.

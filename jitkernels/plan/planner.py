@@ -197,6 +197,7 @@ def _plan_source_tree(snapshot, root, base, backend, toolchain, ignore_bounds, k
         stable_abi=decision.stable_abi,
         edition=config.edition,
         kernel_depends=kernel_depends,
+        cuda_compiler=decision.cuda_compiler,
         inputs=_inputs(decision.dependencies, python_depends, kernel_depends, backend),
     )
     inspection = Inspection(**base, strategy=decision.strategy, reason=decision.reason,

@@ -82,7 +82,8 @@ def local_variant_name(inspection) -> str:
         torch_version=machine.torch_version(),
         cxx11_abi=machine.cxx11_abi(),
         stable_abi=inspection.stable_abi,
-        cuda_version=machine.nvcc_version() if inspection.backend == "cuda" else None,
+        # upstream picks the variant by torch's CUDA (torch.version.cuda), whatever nvcc built it
+        cuda_version=machine.torch_cuda_version() if inspection.backend == "cuda" else None,
     )
 
 

@@ -159,35 +159,42 @@ def _path(path: Path | str) -> str:
 
 
 def toolchain_paths(spec: BuildSpec) -> dict:
-    """Include and library folders, from torch.utils.cpp_extension (imported on the cold path only)."""
+    """Include and library folders: torch's from ``torch.utils.cpp_extension``, CUDA's from the chosen home.
+
+    The CUDA home is :mod:`jitkernels.build.toolchain`'s choice (provisioned now if it comes from the
+    package index), never ``cpp_extension.CUDA_HOME``, which torch fixed when it was imported: one home
+    only on the command line. Torch's NVIDIA header folders follow the home's ``include``.
+    """
+    from .. import toolchain
+
     try:
         from torch.utils import cpp_extension
     except OSError as exc:  # e.g. a CUDA build of torch that cannot find its toolkit
         raise ToolchainError(f"{spec.kernel}: torch.utils.cpp_extension is unusable here: {exc}") from exc
 
-    device = "cuda" if spec.backend == "cuda" else "cpu"
-    home = None
-    if spec.backend == "cuda":  # checked first: cpp_extension's CUDA paths raise a bare OSError without it
-        home = machine.cuda_home() or cpp_extension.CUDA_HOME
-        if not home or not os.path.exists(os.path.join(home, "bin", "nvcc")):
-            raise ToolchainError(
-                f"{spec.kernel}: building a CUDA kernel needs nvcc; none found "
-                f"(CUDA_HOME={home!r}). Install the CUDA toolkit or set CUDA_HOME."
-            )
+    home = toolchain.home(spec.kernel, spec.compiler) if spec.backend == "cuda" else None
     try:
-        includes = list(cpp_extension.include_paths(device))
-        libs = [f"-L{path}" for path in cpp_extension.library_paths(device)]
+        includes = list(cpp_extension.include_paths("cpu"))
+        libs = [f"-L{path}" for path in cpp_extension.library_paths("cpu")]
     except OSError as exc:  # a toolchain problem, not a cache problem
-        raise ToolchainError(f"{spec.kernel}: torch.utils.cpp_extension cannot find the {device} toolchain: {exc}") from exc
+        raise ToolchainError(f"{spec.kernel}: torch.utils.cpp_extension cannot find torch's headers: {exc}") from exc
+    nvcc = None
+    if home is not None:
+        nvcc = os.path.join(home, "bin", "nvcc")
+        includes.append(os.path.join(home, "include"))
+        if config.cuda_inc_path():
+            includes.append(config.cuda_inc_path())
+        cudnn = getattr(cpp_extension, "CUDNN_HOME", None)  # torch read CUDNN_HOME / CUDNN_PATH at import
+        if cudnn:
+            includes.append(os.path.join(cudnn, "include"))
+            libs.append(f"-L{os.path.join(cudnn, 'lib64' if os.path.isdir(os.path.join(cudnn, 'lib64')) else 'lib')}")
+        includes += toolchain.library_include_dirs(home)
     python_include = sysconfig.get_path("include", scheme="posix_prefix")
     if python_include:
         includes.append(python_include)
     libs += ["-lc10", "-ltorch_cpu", "-ltorch"]
-    nvcc = None
-    if spec.backend == "cuda":
-        nvcc = os.path.join(home, "bin", "nvcc")
-        includes.append(os.path.join(home, "include"))
-        libs += ["-lc10_cuda", "-ltorch_cuda", f"-L{os.path.join(home, 'lib64')}", "-lcudart"]
+    if home is not None:
+        libs += ["-lc10_cuda", "-ltorch_cuda", *toolchain.link_flags(home)]
     return {"includes": list(dict.fromkeys(includes)), "libs": libs, "nvcc": nvcc}
 
 

@@ -3,7 +3,8 @@
 :func:`make_spec` turns a parsed ``build.toml`` (for one backend) plus the
 local toolchain into a :class:`BuildSpec`; the builder only executes specs.
 ``BuildSpec.key()`` is the cache key: every input file's digest, every flag,
-torch (or stable-ABI) version and torch's build (``+cu130``), CUDA versions,
+torch (or stable-ABI) version and torch's build (``+cu130``), CUDA versions (torch's, and the
+``major.minor`` of the nvcc :mod:`jitkernels.build.toolchain` chose: a local or a provisioned one),
 GPU archs, the host compilers and their versions, Python ABI tag (``cp313t``
 for free-threaded builds), platform, the recipe version, and the name, version
 and digest of every resolved build input (CUTLASS...: their folders are not in
@@ -52,12 +53,15 @@ class BuildSpec:
     build_inputs: tuple[tuple[str, str, str], ...] = ()
     #: Their include folders on this machine (searched by every unit, as kernel-builder's include_directories).
     include_dirs: tuple[str, ...] = ()
+    #: CUDA: the compiler (:class:`jitkernels.build.toolchain.Compiler`); its version is in ``toolchain``.
+    compiler: object = None
 
     def key(self) -> str:
         """The cache key: everything that changes the built library (not the label ``kernel``, not local paths)."""
         fields = asdict(self)
         fields.pop("kernel")
         fields.pop("include_dirs")
+        fields.pop("compiler")
         data = json.dumps(fields, sort_keys=True, default=list)
         return hashlib.sha256(f"{config.RECIPE_VERSION}|{data}".encode()).hexdigest()
 
@@ -111,7 +115,8 @@ def toolchain_identity() -> tuple[tuple[str, str], ...]:
     return tuple(facts.items())
 
 
-def toolchain_facts(backend: str) -> tuple[tuple[str, str], ...]:
+def toolchain_facts(backend: str, nvcc: str | None = None) -> tuple[tuple[str, str], ...]:
+    """torch, the host compilers, Python ABI, platform and, for CUDA, the chosen nvcc's ``major.minor``."""
     import torch
 
     facts = {
@@ -124,7 +129,7 @@ def toolchain_facts(backend: str) -> tuple[tuple[str, str], ...]:
         "cxx11_abi": str(machine.cxx11_abi()),
     }
     if backend == "cuda":
-        facts["nvcc"] = str(machine.nvcc_version())
+        facts["nvcc"] = str(nvcc)
     return tuple(sorted(facts.items()))
 
 
@@ -171,6 +176,11 @@ def make_spec(config_: BuildConfig, kernel: str, backend: str, kernels: tuple[st
     cuda = [*defines, *F.release_flags(), *F.NVCC_COMMON, *F.nvcc_host_flags(), *F.cxx_standard(torch_mm)]
     if config.nvcc_threads() is not None:
         cuda.append(f"--threads={config.nvcc_threads()}")
+    compiler = None
+    if backend == "cuda":  # which nvcc (local or from the package index) follows torch and [general.cuda]
+        from .. import toolchain
+
+        compiler = toolchain.for_build(config_)
     return BuildSpec(
         extension_name=extension_name,
         kernel=kernel,
@@ -182,9 +192,10 @@ def make_spec(config_: BuildConfig, kernel: str, backend: str, kernels: tuple[st
         archs=tuple(archs),
         stable_abi=stable,
         inputs_digest=inputs_digest,
-        toolchain=toolchain_facts(backend),
+        toolchain=toolchain_facts(backend, compiler.version if compiler is not None else None),
         build_inputs=tuple((r.name, r.version or "", r.digest or "") for r in resolved),
         include_dirs=tuple(dict.fromkeys(d for r in resolved for d in r.include_dirs)),
+        compiler=compiler,
     )
 
 
