@@ -129,13 +129,24 @@ def _plan(snapshot: Snapshot, name: str, backend: str):
     return plan(snapshot, name, backend, _toolchain(backend), ignore_bounds=config.ignore_toolchain_bounds())
 
 
-def _planned(provider, name: str, revision, version, backend):
-    """Resolve and plan without loading (inspection runs no kernel code, so no trust check)."""
+def _planned(provider, name: str, revision, version, backend, trust_remote_code=False):
+    """Resolve and plan without loading.
+
+    Inspection runs no kernel code, so an untrusted publisher's kernel is planned too (its
+    snapshot's ``trust`` is then None), but nothing is fetched from a URL that publisher chose
+    (a ``metadata.json`` git ``source``): see :mod:`jitkernels.plan.planner`.
+    """
+    from .errors import TrustError
+
     prov = get_provider(provider)
     ref = prov.parse_name(name)
     rev = revision_for(revision, version)
     backend = _backend(backend)
-    snapshot = _snapshot_for(prov, ref, rev, trust_remote_code=True)
+    try:
+        snapshot = _snapshot_for(prov, ref, rev, trust_remote_code=trust_remote_code)
+    except TrustError:
+        snapshot = _snapshot_for(prov, ref, rev, trust_remote_code=True)
+        snapshot.trust = None  # looked at, not trusted
     inspection, source_plan = _plan(snapshot, name, backend)
     return snapshot, rev, backend, inspection, source_plan
 
@@ -151,9 +162,15 @@ def _complete(inspection: Inspection, source_plan, sources=None) -> Inspection:
                    expected_extension_name=name if inspection.strategy != PYTHON else None)
 
 
-def inspect_kernel(provider, name: str, *, revision=None, version=None, backend=None) -> Inspection:
-    """Decide what would happen, fetching only small source files (never a binary, never a build)."""
-    _snapshot, _rev, _backend_, inspection, source_plan = _planned(provider, name, revision, version, backend)
+def inspect_kernel(provider, name: str, *, revision=None, version=None, backend=None,
+                   trust_remote_code=False) -> Inspection:
+    """Decide what would happen, fetching only small source files (never a binary, never a build).
+
+    ``trust_remote_code`` matters only for a source an untrusted publisher names outside the Hub
+    (a ``metadata.json`` git ``source``): it is fetched only with trust.
+    """
+    _snapshot, _rev, _backend_, inspection, source_plan = _planned(provider, name, revision, version, backend,
+                                                                   trust_remote_code)
     return _complete(inspection, source_plan) if source_plan is not None else inspection
 
 
@@ -163,11 +180,13 @@ def inspect_local_path(path, *, backend=None, name: str | None = None) -> Inspec
     return _complete(inspection, source_plan) if source_plan is not None else inspection
 
 
-def has_kernel(provider, name: str, *, revision=None, version=None, backend=None) -> bool:
-    """True if the kernel exists and JitKernels can load it for the backend; False for "not there" or broken."""
+def has_kernel(provider, name: str, *, revision=None, version=None, backend=None, trust_remote_code=False) -> bool:
+    """True if the kernel exists and JitKernels can load it for the backend; False for "not there", broken,
+    unreachable (a ``FetchError``), or a source an untrusted publisher names outside the Hub (never fetched)."""
     try:
-        return inspect_kernel(provider, name, revision=revision, version=version, backend=backend).supported
-    except (KernelNotFoundError, OfflineError, BuildConfigError):
+        return inspect_kernel(provider, name, revision=revision, version=version, backend=backend,
+                              trust_remote_code=trust_remote_code).supported
+    except (KernelNotFoundError, FetchError, BuildConfigError):  # FetchError includes OfflineError
         return False
 
 
@@ -353,12 +372,13 @@ def _locked(prov, ref: KernelRef, rev: str | None):
     return locked
 
 
-def lock_entry(provider, name: str, *, revision=None, version=None, backend=None) -> dict:
+def lock_entry(provider, name: str, *, revision=None, version=None, backend=None, trust_remote_code=False) -> dict:
     """One ``jitkernels.lock`` entry: the resolved commit and the sha256 of every input file."""
     from .plan.planner import fetch_sources
     from .upstream.lockfiles import file_hashes
 
-    snapshot, rev, backend, inspection, source_plan = _planned(provider, name, revision, version, backend)
+    snapshot, rev, backend, inspection, source_plan = _planned(provider, name, revision, version, backend,
+                                                               trust_remote_code)
     if snapshot.commit is None:
         raise InvalidKernelNameError(f"{name} is served from a local folder ({snapshot.location}); it cannot be locked.")
     if source_plan is None:

@@ -91,3 +91,40 @@ def test_a_trust_grant_is_not_remembered_in_process_either(online):
     jitkernels.load("hf", UNTRUSTED, revision=commit, backend="cpu", trust_remote_code=True)
     with pytest.raises(TrustError):
         jitkernels.load("hf", UNTRUSTED, revision=commit, backend="cpu")
+
+
+def test_no_request_reaches_a_source_url_an_untrusted_publisher_chose_before_trust(online):
+    """inspect, has(), patched has_kernel and the CLI git-fetched metadata.json's `source` (7 requests to a
+    127.0.0.1 address) for a publisher nobody trusts (issue 14, defect 7)."""
+    import kernels
+
+    from jitkernels.cli.main import main
+    from jitkernels.errors import FetchError
+
+    from conftest import binary_variant
+    from cutlass_archives import ArchiveServer
+
+    with ArchiveServer({}) as evil:  # answers 404 to everything, and records every request
+        source = f"{evil.url}/evil.git"
+        online.add_repo("evilorg/binonly", {"v1": binary_variant(
+            "binonly", "binonly", "torch-stable-abi210-cpu-x86_64-linux", "cpu",
+            source=source, provenance={"kernel": {"commit": "c" * 40, "dirty": False}})})
+        online.set_org("evilorg", trusted=False)
+
+        i = jitkernels.inspect("hf", "evilorg/binonly", version=1, backend="cpu")
+        assert (i.strategy, i.reason) == ("unsupported", "untrusted-source")
+        assert source in i.detail and "trust_remote_code" in i.detail and "JITKERNELS_TRUSTED" in i.detail
+        assert jitkernels.has("hf", "evilorg/binonly", version=1, backend="cpu") is False
+        with jitkernels.patch():
+            assert kernels.has_kernel("evilorg/binonly", version=1, backend="cpu") is False
+        assert main(["inspect", "evilorg/binonly", "--version", "1", "--backend", "cpu"]) == 0
+        assert main(["doctor", "evilorg/binonly", "--version", "1", "--backend", "cpu"]) == 1
+        with pytest.raises(TrustError):
+            jitkernels.load("hf", "evilorg/binonly", version=1, backend="cpu")
+        assert evil.requests == []
+
+        # With trust granted the source is fetched; it is not there: has() is False, never a FetchError.
+        assert jitkernels.has("hf", "evilorg/binonly", version=1, backend="cpu", trust_remote_code=True) is False
+        assert evil.requests, "with trust the source is fetched"
+        with pytest.raises(FetchError, match="evil.git"):
+            jitkernels.inspect("hf", "evilorg/binonly", version=1, backend="cpu", trust_remote_code=["evilorg/binonly"])

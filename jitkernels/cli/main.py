@@ -68,6 +68,8 @@ def _add_inspect(sub) -> None:
     _add_target_args(p)
     _add_json(p)
     p.add_argument("--local", action="store_true", help="the names are local kernel folders")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="also fetch a source an untrusted publisher names outside the Hub (metadata.json 'source')")
     p.set_defaults(func=cmd_inspect)
 
 
@@ -80,7 +82,8 @@ def cmd_inspect(args) -> int:
             results.append(jitkernels.inspect_local(name, backend=args.backend))
         else:
             results.append(jitkernels.inspect(args.provider, name, revision=args.revision,
-                                              version=args.version, backend=args.backend))
+                                              version=args.version, backend=args.backend,
+                                              trust_remote_code=args.trust_remote_code))
     if args.json:
         payload = [r.to_dict() for r in results]
         _print_json(payload[0] if len(payload) == 1 else payload)
@@ -258,6 +261,8 @@ def _add_lock(sub) -> None:
     p.add_argument("names", nargs="+")
     _add_target_args(p)
     p.add_argument("-o", "--output", default="jitkernels.lock", help="lock file to write (jitkernels.lock)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="lock kernels whose source an untrusted publisher names outside the Hub")
     _add_json(p)
     p.set_defaults(func=cmd_lock)
 
@@ -268,7 +273,8 @@ def cmd_lock(args) -> int:
 
     entries = []
     for index, name in enumerate(args.names, 1):
-        entry = lock_entry(args.provider, name, revision=args.revision, version=args.version, backend=args.backend)
+        entry = lock_entry(args.provider, name, revision=args.revision, version=args.version, backend=args.backend,
+                           trust_remote_code=args.trust_remote_code)
         _say(f"[{index}/{len(args.names)}] {entry['dependency']['repo-id']}: {entry['lock']['commit'][:12]}, "
              f"{len(entry['jitkernels']['files'])} files")
         entries.append(entry)
