@@ -195,10 +195,16 @@ def has_kernel(provider, name: str, *, revision=None, version=None, backend=None
 _DEPENDING = threading.local()
 
 
-def load_dependencies(inspection: Inspection, backend: str) -> None:
-    """Load every ``kernel-depends`` of ``inspection`` (pinned) before it is prepared; refuse cycles."""
+def load_dependencies(inspection: Inspection, backend: str, trust_remote_code=False) -> None:
+    """Load every ``kernel-depends`` of ``inspection`` (pinned) before it is prepared; refuse cycles.
+
+    The caller's ``trust_remote_code`` reaches the dependencies as it is: ``True`` trusts every
+    kernel of the call, a list trusts the repositories it names (dependencies included). A
+    dependency nobody trusts is a :class:`TrustError` that names the kernel needing it.
+    """
     if not inspection.kernel_depends:
         return
+    from .errors import TrustError
     from .inputs.kernels import KernelDependency
 
     stack = _DEPENDING.__dict__.setdefault("stack", [])
@@ -218,7 +224,9 @@ def load_dependencies(inspection: Inspection, backend: str) -> None:
                 )
             try:
                 load_kernel(inspection.provider, dep.repo_id, version=dep.version, revision=dep.revision,
-                            backend=backend)
+                            backend=backend, trust_remote_code=trust_remote_code)
+            except TrustError as exc:
+                raise TrustError(f"{inspection.repo_id} needs kernel {dep} (kernel-depends): {exc}") from exc
             except KernelNotFoundError as exc:
                 kind = RevisionNotFoundError if isinstance(exc, RevisionNotFoundError) else KernelNotFoundError
                 raise kind(
@@ -229,8 +237,12 @@ def load_dependencies(inspection: Inspection, backend: str) -> None:
             stack.pop()
 
 
-def prepare(snapshot: Snapshot, name: str, backend: str, index_ids=frozenset(), locked=None) -> Prepared:
-    """Plan, check, prepare (or build) and index a kernel without importing it."""
+def prepare(snapshot: Snapshot, name: str, backend: str, index_ids=frozenset(), locked=None,
+            trust_remote_code=False) -> Prepared:
+    """Plan, check, prepare (or build) and index a kernel without importing it.
+
+    ``trust_remote_code``: the caller's grant, for the kernel's ``kernel-depends`` (see :func:`load_dependencies`).
+    """
     from .cache.files import check_owner
     from .inputs import python_deps
     from .plan.planner import fetch_sources
@@ -243,7 +255,7 @@ def prepare(snapshot: Snapshot, name: str, backend: str, index_ids=frozenset(), 
             inspection,
         )
     python_deps.check(inspection)  # the exact pip install line; never installs
-    load_dependencies(inspection, backend)  # kernel-depends, pinned, through this pipeline
+    load_dependencies(inspection, backend, trust_remote_code)  # kernel-depends, pinned, through this pipeline
     sources = fetch_sources(source_plan)  # once: everything below is handed these files
     if locked is not None:
         from .upstream.lockfiles import file_hashes, verify
@@ -269,13 +281,13 @@ def prepare(snapshot: Snapshot, name: str, backend: str, index_ids=frozenset(), 
 
 
 def load_snapshot(snapshot: Snapshot, name: str, backend: str, index_ids=frozenset(),
-                  module_name: str | None = None, locked=None) -> ModuleType:
+                  module_name: str | None = None, locked=None, trust_remote_code=False) -> ModuleType:
     """Prepare a kernel from a resolved snapshot and import it.
 
     ``module_name`` (default: the unique ``_<python_name>_<backend>_<digest>``) is the name the
     package is imported under; the ``jitkernels.hub`` import hook passes its own.
     """
-    prepared = prepare(snapshot, name, backend, index_ids, locked)
+    prepared = prepare(snapshot, name, backend, index_ids, locked, trust_remote_code)
     i = prepared.inspection
     return import_package(module_name or i.module_name, prepared.entry / i.python_name, what=i.repo_id)
 
@@ -286,7 +298,7 @@ def prepare_kernel(provider, name: str, *, revision=None, version=None, backend=
     prov = get_provider(provider)
     ref = prov.parse_name(name)
     snapshot = _snapshot_for(prov, ref, revision_for(revision, version), trust_remote_code)
-    return prepare(snapshot, name, _backend(backend))
+    return prepare(snapshot, name, _backend(backend), trust_remote_code=trust_remote_code)
 
 
 def prepare_local(path, *, backend=None, name: str | None = None) -> Prepared:
@@ -314,7 +326,7 @@ def load_kernel(provider, name: str, *, revision=None, version=None, backend=Non
     with _kernel_lock(prov.name, ref.repo_id):
         local = local_override(ref)
         if local is not None:
-            return load_snapshot(local, name, backend, module_name=module_name)
+            return load_snapshot(local, name, backend, module_name=module_name, trust_remote_code=trust_remote_code)
         locked = _locked(prov, ref, rev)
         commit = locked.commit if locked is not None else (rev if is_commit(rev) else None)
         snapshot = unreachable = None
@@ -342,7 +354,7 @@ def load_kernel(provider, name: str, *, revision=None, version=None, backend=Non
         if snapshot is None:
             snapshot = _resolve(prov, ref, commit, trust_remote_code)
         module = load_snapshot(snapshot, name, backend, index_ids={ref.repo_id}, module_name=module_name,
-                               locked=locked)
+                               locked=locked, trust_remote_code=trust_remote_code)
         warm.remember((str(layout.root()), prov.name, ref.repo_id, snapshot.commit, backend), module, snapshot.trust)
         return module
 
