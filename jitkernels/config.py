@@ -203,6 +203,16 @@ def remote_cache_url() -> str | None:
     return os.environ.get("JITKERNELS_REMOTE_CACHE", "").strip() or None
 
 
+#: Default of ``JITKERNELS_REMOTE_CACHE_TIMEOUT``.
+DEFAULT_REMOTE_CACHE_TIMEOUT = 60.0
+
+
+def remote_cache_timeout() -> float:
+    """``JITKERNELS_REMOTE_CACHE_TIMEOUT``: seconds one remote-cache operation (a lookup with its download, an
+    upload) may take; past it, a miss with one warning (default 60)."""
+    return _seconds("JITKERNELS_REMOTE_CACHE_TIMEOUT", DEFAULT_REMOTE_CACHE_TIMEOUT)
+
+
 def remote_cache_mode() -> str:
     """``JITKERNELS_REMOTE_CACHE_MODE``: ``read`` (default: the fleet) or ``write`` (the builder)."""
     return os.environ.get("JITKERNELS_REMOTE_CACHE_MODE", "read").strip().lower() or "read"

@@ -287,7 +287,16 @@ def load_snapshot(snapshot: Snapshot, name: str, backend: str, index_ids=frozens
     ``module_name`` (default: the unique ``_<python_name>_<backend>_<digest>``) is the name the
     package is imported under; the ``jitkernels.hub`` import hook passes its own.
     """
+    from .cache.entries import damaged_after_failed_import
+
     prepared = prepare(snapshot, name, backend, index_ids, locked, trust_remote_code)
+    i = prepared.inspection
+    try:
+        return import_package(module_name or i.module_name, prepared.entry / i.python_name, what=i.repo_id)
+    except ImportError:
+        if damaged_after_failed_import(prepared.entry, i.python_name) is None:
+            raise  # the kernel's own error: its entry is intact
+    prepared = prepare(snapshot, name, backend, index_ids, locked, trust_remote_code)  # made again, once
     i = prepared.inspection
     return import_package(module_name or i.module_name, prepared.entry / i.python_name, what=i.repo_id)
 

@@ -291,24 +291,34 @@ def cmd_lock(args) -> int:
 # -- verify ----------------------------------------------------------------------------------------
 
 def _add_verify(sub) -> None:
-    p = sub.add_parser("verify", help="re-hash every cache entry (loads only compare file sizes)")
+    p = sub.add_parser("verify", help="re-hash every cache entry (loads only compare file sizes) and remove "
+                                      "damaged ones, so that their next load makes them again")
+    p.add_argument("--keep", action="store_true",
+                   help="only report damaged entries (loads keep importing a same-size alteration until removed)")
     _add_json(p)
     p.set_defaults(func=cmd_verify)
 
 
 def cmd_verify(args) -> int:
-    """Re-hash every published entry (the full check; loads only compare sizes)."""
+    """Re-hash every published entry (the full check; loads only compare sizes); remove the damaged ones."""
     from ..cache import admin
 
-    count, damaged = admin.verify()
+    count, damaged = admin.verify(remove_damaged=not args.keep)
     if args.json:
         _print_json({"entries": count, "intact": count - len(damaged), "damaged": damaged})
     else:
         for d in damaged:
-            _say(f"DAMAGED {d['entry']}: {d['problem']}")
+            state = "removed" if d["removed"] else ("kept" if args.keep else f"NOT removed: {d['kept']}")
+            _say(f"DAMAGED {d['entry']}: {d['problem']} ({state})")
         _say(f"{count - len(damaged)} of {count} cache entries intact")
-        if damaged:
-            _say(f"error: {len(damaged)} damaged entries; they are rebuilt on their next load")
+        removed = sum(d["removed"] for d in damaged)
+        if removed:
+            _say(f"error: {removed} damaged entries removed; they are made again on their next load")
+        if len(damaged) > removed:
+            _say(f"error: {len(damaged) - removed} damaged entries were not removed: loads may still import them. "
+                 + ("Remove them with `jitkernels cache prune --damaged`." if args.keep else
+                    "Remove them once nothing uses them (`jitkernels cache prune --damaged`), or fix the cache's "
+                    "permissions (JITKERNELS_CACHE)."))
     return 1 if damaged else 0
 
 
