@@ -153,6 +153,18 @@ def network_timeout() -> float:
     return _seconds("JITKERNELS_TIMEOUT", 10.0)
 
 
+def download_deadline() -> float:
+    """``JITKERNELS_DOWNLOAD_DEADLINE``: seconds one build-input download (a CUTLASS release) may take in all
+    (default 900): a mirror that trickles bytes never trips the per-read ``JITKERNELS_TIMEOUT``."""
+    return _seconds("JITKERNELS_DOWNLOAD_DEADLINE", 900.0)
+
+
+def download_min_rate() -> float:
+    """``JITKERNELS_DOWNLOAD_MIN_RATE``: bytes per second a build-input download must average once it has run
+    ``JITKERNELS_TIMEOUT`` seconds (default 10240); slower is given up."""
+    return _seconds("JITKERNELS_DOWNLOAD_MIN_RATE", 10240.0)
+
+
 #: Default of ``JITKERNELS_LOCK_TIMEOUT``: half an hour without any sign of life from the holder.
 DEFAULT_LOCK_TIMEOUT = 1800.0
 
