@@ -103,19 +103,29 @@ def load(provider, name: str, *, revision: str | None = None, version: int | Non
 
 
 def has(provider, name: str, *, revision: str | None = None, version: int | None = None,
-        backend: str | None = None) -> bool:
-    """True if the kernel exists and can be loaded for the backend; never raises for "not there"."""
+        backend: str | None = None, trust_remote_code: bool | list[str] = False) -> bool:
+    """True if the kernel exists and can be loaded for the backend; never raises for "not there" or a network failure.
+
+    A binary-only kernel whose source an untrusted publisher names outside the Hub is False unless
+    ``trust_remote_code`` grants trust: that source is not fetched before.
+    """
     from .pipeline import has_kernel
 
-    return has_kernel(provider, name, revision=revision, version=version, backend=backend)
+    return has_kernel(provider, name, revision=revision, version=version, backend=backend,
+                      trust_remote_code=trust_remote_code)
 
 
 def inspect(provider, name: str, *, revision: str | None = None, version: int | None = None,
-            backend: str | None = None):
-    """What JitKernels would do with the kernel (strategy, reason, extension name...), without building."""
+            backend: str | None = None, trust_remote_code: bool | list[str] = False):
+    """What JitKernels would do with the kernel (strategy, reason, extension name...), without building.
+
+    Nothing is fetched from a URL an untrusted publisher chose (a binary-only kernel's git ``source``)
+    unless ``trust_remote_code`` grants trust; the inspection then says ``untrusted-source``.
+    """
     from .pipeline import inspect_kernel
 
-    return inspect_kernel(provider, name, revision=revision, version=version, backend=backend)
+    return inspect_kernel(provider, name, revision=revision, version=version, backend=backend,
+                          trust_remote_code=trust_remote_code)
 
 
 def load_local(path, *, backend: str | None = None, name: str | None = None):

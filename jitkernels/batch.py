@@ -60,16 +60,16 @@ class Outcome:
 
 def read_targets(path: Path, backend: str | None = None) -> list[Target]:
     """The kernels a ``--from`` file names (see the module docstring); ``backend`` overrides a lock's."""
+    from .upstream.lockfiles import read_capped
+
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise LockfileError(f"warmup --from {path}: {exc.strerror or exc}.") from exc
+        text = read_capped(path, "warmup --from file").decode("utf-8")
     except UnicodeDecodeError as exc:
         raise LockfileError(f"warmup --from {path}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
                             f"give a kernels.lock, a jitkernels lock or a list of names.") from exc
     stripped = text.lstrip()
-    if stripped.startswith("["):
+    if stripped[:1] in ("[", "{"):  # JSON: a lock file (an object is refused by the lock schema)
         return _from_lock(path, text, backend)
     targets = []
     for number, raw in enumerate(text.splitlines(), 1):

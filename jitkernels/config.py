@@ -189,6 +189,18 @@ def network_timeout() -> float:
     return _seconds("JITKERNELS_TIMEOUT", 10.0)
 
 
+def download_deadline() -> float:
+    """``JITKERNELS_DOWNLOAD_DEADLINE``: seconds one build-input download (a CUTLASS release) may take in all
+    (default 900): a mirror that trickles bytes never trips the per-read ``JITKERNELS_TIMEOUT``."""
+    return _seconds("JITKERNELS_DOWNLOAD_DEADLINE", 900.0)
+
+
+def download_min_rate() -> float:
+    """``JITKERNELS_DOWNLOAD_MIN_RATE``: bytes per second a build-input download must average once it has run
+    ``JITKERNELS_TIMEOUT`` seconds (default 10240); slower is given up."""
+    return _seconds("JITKERNELS_DOWNLOAD_MIN_RATE", 10240.0)
+
+
 #: Default of ``JITKERNELS_LOCK_TIMEOUT``: half an hour without any sign of life from the holder.
 DEFAULT_LOCK_TIMEOUT = 1800.0
 
@@ -237,6 +249,16 @@ def hf_endpoint() -> str:
 def remote_cache_url() -> str | None:
     """``JITKERNELS_REMOTE_CACHE``: an fsspec URL (``s3://``, ``gs://``, ``file://``, ``hf://``); unset: off."""
     return os.environ.get("JITKERNELS_REMOTE_CACHE", "").strip() or None
+
+
+#: Default of ``JITKERNELS_REMOTE_CACHE_TIMEOUT``.
+DEFAULT_REMOTE_CACHE_TIMEOUT = 60.0
+
+
+def remote_cache_timeout() -> float:
+    """``JITKERNELS_REMOTE_CACHE_TIMEOUT``: seconds one remote-cache operation (a lookup with its download, an
+    upload) may take; past it, a miss with one warning (default 60)."""
+    return _seconds("JITKERNELS_REMOTE_CACHE_TIMEOUT", DEFAULT_REMOTE_CACHE_TIMEOUT)
 
 
 def remote_cache_mode() -> str:

@@ -132,13 +132,24 @@ def _plan(snapshot: Snapshot, name: str, backend: str):
     return plan(snapshot, name, backend, _toolchain(backend), ignore_bounds=config.ignore_toolchain_bounds())
 
 
-def _planned(provider, name: str, revision, version, backend):
-    """Resolve and plan without loading (inspection runs no kernel code, so no trust check)."""
+def _planned(provider, name: str, revision, version, backend, trust_remote_code=False):
+    """Resolve and plan without loading.
+
+    Inspection runs no kernel code, so an untrusted publisher's kernel is planned too (its
+    snapshot's ``trust`` is then None), but nothing is fetched from a URL that publisher chose
+    (a ``metadata.json`` git ``source``): see :mod:`jitkernels.plan.planner`.
+    """
+    from .errors import TrustError
+
     prov = get_provider(provider)
     ref = prov.parse_name(name)
     rev = revision_for(revision, version)
     backend = _backend(backend)
-    snapshot = _snapshot_for(prov, ref, rev, trust_remote_code=True)
+    try:
+        snapshot = _snapshot_for(prov, ref, rev, trust_remote_code=trust_remote_code)
+    except TrustError:
+        snapshot = _snapshot_for(prov, ref, rev, trust_remote_code=True)
+        snapshot.trust = None  # looked at, not trusted
     inspection, source_plan = _plan(snapshot, name, backend)
     return snapshot, rev, backend, inspection, source_plan
 
@@ -154,9 +165,15 @@ def _complete(inspection: Inspection, source_plan, sources=None) -> Inspection:
                    expected_extension_name=name if inspection.strategy != PYTHON else None)
 
 
-def inspect_kernel(provider, name: str, *, revision=None, version=None, backend=None) -> Inspection:
-    """Decide what would happen, fetching only small source files (never a binary, never a build)."""
-    _snapshot, _rev, _backend_, inspection, source_plan = _planned(provider, name, revision, version, backend)
+def inspect_kernel(provider, name: str, *, revision=None, version=None, backend=None,
+                   trust_remote_code=False) -> Inspection:
+    """Decide what would happen, fetching only small source files (never a binary, never a build).
+
+    ``trust_remote_code`` matters only for a source an untrusted publisher names outside the Hub
+    (a ``metadata.json`` git ``source``): it is fetched only with trust.
+    """
+    _snapshot, _rev, _backend_, inspection, source_plan = _planned(provider, name, revision, version, backend,
+                                                                   trust_remote_code)
     return _complete(inspection, source_plan) if source_plan is not None else inspection
 
 
@@ -166,11 +183,13 @@ def inspect_local_path(path, *, backend=None, name: str | None = None) -> Inspec
     return _complete(inspection, source_plan) if source_plan is not None else inspection
 
 
-def has_kernel(provider, name: str, *, revision=None, version=None, backend=None) -> bool:
-    """True if the kernel exists and JitKernels can load it for the backend; False for "not there" or broken."""
+def has_kernel(provider, name: str, *, revision=None, version=None, backend=None, trust_remote_code=False) -> bool:
+    """True if the kernel exists and JitKernels can load it for the backend; False for "not there", broken,
+    unreachable (a ``FetchError``), or a source an untrusted publisher names outside the Hub (never fetched)."""
     try:
-        return inspect_kernel(provider, name, revision=revision, version=version, backend=backend).supported
-    except (KernelNotFoundError, OfflineError, BuildConfigError):
+        return inspect_kernel(provider, name, revision=revision, version=version, backend=backend,
+                              trust_remote_code=trust_remote_code).supported
+    except (KernelNotFoundError, FetchError, BuildConfigError):  # FetchError includes OfflineError
         return False
 
 
@@ -179,10 +198,16 @@ def has_kernel(provider, name: str, *, revision=None, version=None, backend=None
 _DEPENDING = threading.local()
 
 
-def load_dependencies(inspection: Inspection, backend: str) -> None:
-    """Load every ``kernel-depends`` of ``inspection`` (pinned) before it is prepared; refuse cycles."""
+def load_dependencies(inspection: Inspection, backend: str, trust_remote_code=False) -> None:
+    """Load every ``kernel-depends`` of ``inspection`` (pinned) before it is prepared; refuse cycles.
+
+    The caller's ``trust_remote_code`` reaches the dependencies as it is: ``True`` trusts every
+    kernel of the call, a list trusts the repositories it names (dependencies included). A
+    dependency nobody trusts is a :class:`TrustError` that names the kernel needing it.
+    """
     if not inspection.kernel_depends:
         return
+    from .errors import TrustError
     from .inputs.kernels import KernelDependency
 
     stack = _DEPENDING.__dict__.setdefault("stack", [])
@@ -202,7 +227,9 @@ def load_dependencies(inspection: Inspection, backend: str) -> None:
                 )
             try:
                 load_kernel(inspection.provider, dep.repo_id, version=dep.version, revision=dep.revision,
-                            backend=backend)
+                            backend=backend, trust_remote_code=trust_remote_code)
+            except TrustError as exc:
+                raise TrustError(f"{inspection.repo_id} needs kernel {dep} (kernel-depends): {exc}") from exc
             except KernelNotFoundError as exc:
                 kind = RevisionNotFoundError if isinstance(exc, RevisionNotFoundError) else KernelNotFoundError
                 raise kind(
@@ -213,8 +240,12 @@ def load_dependencies(inspection: Inspection, backend: str) -> None:
             stack.pop()
 
 
-def prepare(snapshot: Snapshot, name: str, backend: str, index_ids=frozenset(), locked=None) -> Prepared:
-    """Plan, check, prepare (or build) and index a kernel without importing it."""
+def prepare(snapshot: Snapshot, name: str, backend: str, index_ids=frozenset(), locked=None,
+            trust_remote_code=False) -> Prepared:
+    """Plan, check, prepare (or build) and index a kernel without importing it.
+
+    ``trust_remote_code``: the caller's grant, for the kernel's ``kernel-depends`` (see :func:`load_dependencies`).
+    """
     from .cache.files import check_owner
     from .inputs import python_deps
     from .plan.planner import fetch_sources
@@ -227,7 +258,7 @@ def prepare(snapshot: Snapshot, name: str, backend: str, index_ids=frozenset(), 
             inspection,
         )
     python_deps.check(inspection)  # the exact pip install line; never installs
-    load_dependencies(inspection, backend)  # kernel-depends, pinned, through this pipeline
+    load_dependencies(inspection, backend, trust_remote_code)  # kernel-depends, pinned, through this pipeline
     sources = fetch_sources(source_plan)  # once: everything below is handed these files
     if locked is not None:
         from .upstream.lockfiles import file_hashes, verify
@@ -253,13 +284,22 @@ def prepare(snapshot: Snapshot, name: str, backend: str, index_ids=frozenset(), 
 
 
 def load_snapshot(snapshot: Snapshot, name: str, backend: str, index_ids=frozenset(),
-                  module_name: str | None = None, locked=None) -> ModuleType:
+                  module_name: str | None = None, locked=None, trust_remote_code=False) -> ModuleType:
     """Prepare a kernel from a resolved snapshot and import it.
 
     ``module_name`` (default: the unique ``_<python_name>_<backend>_<digest>``) is the name the
     package is imported under; the ``jitkernels.hub`` import hook passes its own.
     """
-    prepared = prepare(snapshot, name, backend, index_ids, locked)
+    from .cache.entries import damaged_after_failed_import
+
+    prepared = prepare(snapshot, name, backend, index_ids, locked, trust_remote_code)
+    i = prepared.inspection
+    try:
+        return import_package(module_name or i.module_name, prepared.entry / i.python_name, what=i.repo_id)
+    except ImportError:
+        if damaged_after_failed_import(prepared.entry, i.python_name) is None:
+            raise  # the kernel's own error: its entry is intact
+    prepared = prepare(snapshot, name, backend, index_ids, locked, trust_remote_code)  # made again, once
     i = prepared.inspection
     return import_package(module_name or i.module_name, prepared.entry / i.python_name, what=i.repo_id)
 
@@ -270,7 +310,7 @@ def prepare_kernel(provider, name: str, *, revision=None, version=None, backend=
     prov = get_provider(provider)
     ref = prov.parse_name(name)
     snapshot = _snapshot_for(prov, ref, revision_for(revision, version), trust_remote_code)
-    return prepare(snapshot, name, _backend(backend))
+    return prepare(snapshot, name, _backend(backend), trust_remote_code=trust_remote_code)
 
 
 def prepare_local(path, *, backend=None, name: str | None = None) -> Prepared:
@@ -298,7 +338,7 @@ def load_kernel(provider, name: str, *, revision=None, version=None, backend=Non
     with _kernel_lock(prov.name, ref.repo_id):
         local = local_override(ref)
         if local is not None:
-            return load_snapshot(local, name, backend, module_name=module_name)
+            return load_snapshot(local, name, backend, module_name=module_name, trust_remote_code=trust_remote_code)
         locked = _locked(prov, ref, rev)
         commit = locked.commit if locked is not None else (rev if is_commit(rev) else None)
         snapshot = unreachable = None
@@ -326,7 +366,7 @@ def load_kernel(provider, name: str, *, revision=None, version=None, backend=Non
         if snapshot is None:
             snapshot = _resolve(prov, ref, commit, trust_remote_code)
         module = load_snapshot(snapshot, name, backend, index_ids={ref.repo_id}, module_name=module_name,
-                               locked=locked)
+                               locked=locked, trust_remote_code=trust_remote_code)
         warm.remember((str(layout.root()), prov.name, ref.repo_id, snapshot.commit, backend), module, snapshot.trust)
         return module
 
@@ -356,12 +396,13 @@ def _locked(prov, ref: KernelRef, rev: str | None):
     return locked
 
 
-def lock_entry(provider, name: str, *, revision=None, version=None, backend=None) -> dict:
+def lock_entry(provider, name: str, *, revision=None, version=None, backend=None, trust_remote_code=False) -> dict:
     """One ``jitkernels.lock`` entry: the resolved commit and the sha256 of every input file."""
     from .plan.planner import fetch_sources
     from .upstream.lockfiles import file_hashes
 
-    snapshot, rev, backend, inspection, source_plan = _planned(provider, name, revision, version, backend)
+    snapshot, rev, backend, inspection, source_plan = _planned(provider, name, revision, version, backend,
+                                                               trust_remote_code)
     if snapshot.commit is None:
         raise InvalidKernelNameError(f"{name} is served from a local folder ({snapshot.location}); it cannot be locked.")
     if source_plan is None:

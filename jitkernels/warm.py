@@ -67,6 +67,10 @@ def import_entry(record: dict, module_name: str | None = None) -> ModuleType | N
     except ImportError:
         if not entry.exists():
             return None  # removed meanwhile (`jitkernels cache prune`): the cold path makes it again
+        from .cache.entries import damaged_after_failed_import
+
+        if damaged_after_failed_import(entry, record["python_name"]) is not None:
+            return None  # reported and removed: the cold path makes it again
         raise
 
 

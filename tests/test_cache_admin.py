@@ -22,13 +22,20 @@ def _entries() -> list[Path]:
 
 def _foreign_native_entry() -> Path:
     """A native entry built for another interpreter (as a cache shared by two Pythons holds)."""
+    import types
+
+    from jitkernels.cache.manifest import write_manifest
+
     entry = Path(os.environ["JITKERNELS_CACHE"]) / "entries" / "_other_cpu_0123456789-0123456789abcdef"
     (entry / "other").mkdir(parents=True)
-    (entry / "other" / "__init__.py").write_text("x = 1\n")
-    entry.joinpath("manifest.json").write_text(json.dumps({
-        "files": {"other/__init__.py": 6}, "build_key": "k" * 64, "archs": [],
-        "toolchain": {"python": "cp399t", "torch_build": "0.0.1+cpu"},
-        "inspection": {"repo_id": "org/other", "revision": "f" * 40, "backend": "cpu"}}))
+    (entry / "other" / "__init__.py").write_text("from . import _ops\n")
+    (entry / "other" / "_ops.py").write_text("import torch\nops = torch.ops._other_cpu_0123456789\n")
+    (entry / "other" / "_other_cpu_0123456789.cpython-399t-x86_64-linux-gnu.so").write_bytes(b"\x7fELF")
+    inspection = types.SimpleNamespace(to_dict=lambda: {
+        "repo_id": "org/other", "revision": "f" * 40, "backend": "cpu", "python_name": "other",
+        "module_name": "_other_cpu_0123456789", "strategy": "native-jit"})
+    write_manifest(entry, inspection, {"build_key": "0123456789abcdef" * 4, "archs": [],
+                                       "toolchain": {"python": "cp399t", "torch_build": "0.0.1+cpu"}})
     return entry
 
 

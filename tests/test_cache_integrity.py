@@ -61,7 +61,7 @@ def test_wrong_shaped_manifest_is_damage_rebuilt_and_reported_once(online, manif
     (entry,) = entry_dirs("_rms_norm_cpu_")
     (entry / "manifest.json").write_text(manifest)
     assert "manifest" in check_entry(entry)
-    assert main(["verify"]) == 1
+    assert main(["verify", "--keep"]) == 1  # reported, left for the load to find
     out = run_python(f"import jitkernels; print(jitkernels.load('hf', 'kernels-test/rms-norm-universal', "
                  f"revision={commit!r}, backend='cpu').rms_norm)")
     assert out.returncode == 0, out.stderr[-2000:]
@@ -191,3 +191,87 @@ def test_build_key_covers_compiler_and_torch_local_version(monkeypatch):
 
     monkeypatch.setattr(torch, "__version__", torch.__version__.split("+")[0] + "+cu999")
     assert key() != base
+
+
+# -- issue 14, defect 8: verify's promise is true, and prune --damaged sees what verify sees ---------------------
+
+def _alter_same_size(entry: Path) -> tuple[Path, bytes]:
+    target = entry / "rms_norm" / "functional.py"
+    original = target.read_bytes()
+    data = bytearray(original)
+    data[-2] = ord("#") if data[-2] != ord("#") else ord(" ")
+    target.write_bytes(bytes(data))
+    return target, original
+
+
+def test_verify_removes_a_same_size_alteration_and_the_next_load_makes_it_again(online, capsys):
+    """verify said damaged entries "are rebuilt on their next load", but the next load imported the altered file."""
+    from jitkernels.cli.main import main
+
+    commit, entry = _python_entry(online)
+    target, original = _alter_same_size(entry)
+    assert main(["verify"]) == 1
+    out = capsys.readouterr().err
+    assert f"DAMAGED {entry.name}" in out and "(removed)" in out and "made again on their next load" in out
+    assert not entry.exists()
+    child = load_in_child(commit)
+    assert child.returncode == 0 and "OK" in child.stdout, child.stderr[-2000:]
+    assert target.read_bytes() == original  # made again from the Hub, not the altered copy
+    assert main(["verify"]) == 0
+
+
+def test_prune_damaged_removes_what_verify_reports(online, capsys):
+    """After a same-size alteration `cache prune --damaged` removed nothing, while verify reported the entry."""
+    from jitkernels.cli.main import main
+
+    _commit, entry = _python_entry(online)
+    _alter_same_size(entry)
+    assert main(["verify", "--keep"]) == 1 and entry.exists()
+    capsys.readouterr()
+    assert main(["cache", "prune", "--damaged", "--json"]) == 0
+    assert [e["name"] for e in json.loads(capsys.readouterr().out)["removed"]] == [entry.name]
+    assert not entry.exists()
+
+
+# -- issue 14, defect 5: one manifest schema; the operator commands report a bad entry, never crash ----------------
+
+@pytest.mark.parametrize("edit", [{"archs": 5}, {"inspection": {"repo_id": ["x"]}}, {"toolchain": 3},
+                                  {"created": "yesterday"}])
+def test_operator_commands_report_an_entry_whose_manifest_fails_the_schema(online, capsys, edit):
+    """A manifest with "archs": 5 or "inspection": {"repo_id": ["x"]} made cache list/info/prune/clear crash."""
+    from jitkernels.cli.main import main
+
+    _commit, entry = _python_entry(online)
+    manifest = json.loads((entry / "manifest.json").read_text())
+    manifest.update(edit)
+    (entry / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(["cache", "list", "--json"]) == 0
+    (shown,) = json.loads(capsys.readouterr().out)
+    assert shown["name"] == entry.name and shown["intact"] is False and shown["kind"] == "unknown"
+    assert main(["cache", "list"]) == 0
+    assert "DAMAGED" in capsys.readouterr().out
+    assert main(["cache", "info", entry.name]) == 0
+    assert "intact    False" in capsys.readouterr().out
+    assert main(["cache", "prune", "--older-than", "30", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["removed"] == []
+    assert main(["verify", "--keep"]) == 1
+    assert "manifest" in capsys.readouterr().err
+    assert main(["cache", "clear", "--yes"]) == 0
+    assert f"removed {entry.name}" in capsys.readouterr().out and not entry.exists()
+
+
+def test_an_entry_that_cannot_import_is_damage_removed_and_made_again(online):
+    """A self-consistent manifest without the package's __init__.py gave a KernelImportError on every load while
+    verify called the entry intact."""
+    from jitkernels.cache.manifest import check_entry, write_manifest
+
+    commit, entry = _python_entry(online)
+    manifest = json.loads((entry / "manifest.json").read_text())
+    (entry / "rms_norm" / "__init__.py").unlink()
+    inspection = type("I", (), {"to_dict": staticmethod(lambda: manifest["inspection"])})
+    write_manifest(entry, inspection)  # consistent with what is left: only the schema can tell
+    assert "__init__.py" in check_entry(entry)
+    child = load_in_child(commit)
+    assert child.returncode == 0 and "OK" in child.stdout, child.stderr[-2000:]
+    assert child.stderr.count("is damaged") == 1 and (entry / "rms_norm" / "__init__.py").is_file()

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +122,22 @@ def test_native_cpu_export_loads_with_upstream_and_matches_torch(tmp_path, capsy
     # Exporting again replaces the variant in place; nothing else appears under build/.
     assert main(["export", str(EXAMPLES / "scaled-add"), "--local", "--backend", "cpu", "--to", str(out)]) == 0
     assert [p.name for p in (out / "build").iterdir()] == [variant]
+
+
+@pytest.mark.parametrize("inside", ["entry", "package", "cache-root", "hf-cache"])
+def test_export_into_a_cache_is_refused_and_the_entry_is_untouched(tmp_path, capsys, inside):
+    """`export --to` a published entry copied the package into itself (172 KB error, an empty build/ left in it)."""
+    from conftest import entry_dirs
+
+    assert main(["export", str(EXAMPLES / "rms-norm"), "--local", "--backend", "cpu", "--to", str(tmp_path / "ok")]) == 0
+    (entry,) = entry_dirs("_rms_norm_cpu_")
+    before = sorted(str(p.relative_to(entry)) for p in entry.rglob("*"))
+    target = {"entry": entry, "package": entry / "rms_norm", "cache-root": entry.parent.parent,
+              "hf-cache": Path(os.environ["HF_HUB_CACHE"]) / "models--x--y"}[inside]
+    capsys.readouterr()
+    assert main(["export", str(EXAMPLES / "rms-norm"), "--local", "--backend", "cpu", "--to", str(target)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: Refusing to export into") and len(err) < 1000, err[:2000]
+    assert sorted(str(p.relative_to(entry)) for p in entry.rglob("*")) == before  # no build/ in a published entry
+    assert not (target / "build").exists()
+    assert main(["verify"]) == 0

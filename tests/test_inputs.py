@@ -469,3 +469,62 @@ def test_a_missing_kernel_dependency_names_who_needs_it(online, tmp_path, monkey
     with pytest.raises(KernelNotFoundError) as err:
         jitkernels.load("hf", "kernels-test/main-kernel", backend="cpu")
     assert "kernels-test/main-kernel needs kernel kernels-test/no-such-kernel@v1 (kernel-depends)" in str(err.value)
+
+
+# -- issue 14, defect 3: a mirror that trickles bytes is given up (overall deadline, minimum rate) ---------------
+
+class TrickleServer:
+    """Announces a 1 MB archive on 127.0.0.1 and sends one byte every 50 ms for at most 20 s (a slow mirror)."""
+
+    def __init__(self):
+        import http.server
+        import threading
+        import time
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                self.send_response(200)
+                self.send_header("Content-Length", str(1 << 20))
+                self.end_headers()
+                end = time.monotonic() + 20
+                try:
+                    while time.monotonic() < end:
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        time.sleep(0.05)  # the pace of the slow mirror, not a synchronisation
+                except OSError:
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("env,why", [
+    ({"JITKERNELS_DOWNLOAD_DEADLINE": "3", "JITKERNELS_DOWNLOAD_MIN_RATE": "1"}, "JITKERNELS_DOWNLOAD_DEADLINE"),
+    ({"JITKERNELS_TIMEOUT": "2", "JITKERNELS_DOWNLOAD_MIN_RATE": "1000"}, "JITKERNELS_DOWNLOAD_MIN_RATE"),
+], ids=["deadline", "min-rate"])
+def test_a_mirror_that_trickles_bytes_is_given_up(monkeypatch, no_wheel, env, why):
+    """A server sending one byte every 2 s never tripped the per-read timeout: the download (and its waiters) hung."""
+    import time
+
+    server = TrickleServer()
+    try:
+        monkeypatch.setenv("JITKERNELS_CUTLASS_URL", server.url + "/cutlass-{version}.tar.gz")
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        start = time.monotonic()
+        with pytest.raises(jitkernels.errors.FetchError, match=why):
+            inputs.resolve_build_inputs(["cutlass_3_8"], "cuda")
+        assert time.monotonic() - start < 15  # the server would go on for 20 s
+    finally:
+        server.close()
+    assert _cache_leftovers() == {"inputs": [], "staging": []}

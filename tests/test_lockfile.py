@@ -54,3 +54,56 @@ def test_lock_mismatch_fails_loudly(online, tmp_path, monkeypatch):
         jitkernels.load("hf", RMS, revision="main", backend="cpu")
     with pytest.raises(LockfileError, match="pins"):
         jitkernels.load("hf", RMS, revision="f" * 40, backend="cpu")
+
+
+# -- hostile lock files (issue 14, defect 9): one schema, a size cap, a LockfileError naming the file and the field --
+
+_GOOD = {"dependency": {"repo-id": "kernels-community/relu", "version": 1}, "lock": {"commit": "a" * 40}}
+_HOSTILE = {
+    "jitkernels-not-an-object": ([dict(_GOOD, jitkernels="x")], '"jitkernels"'),
+    "files-a-list": ([dict(_GOOD, jitkernels={"files": ["relu/__init__.py"]})], '"jitkernels.files"'),
+    "repo-id-a-list": ([{"dependency": {"repo-id": ["x"]}, "lock": {"commit": "a" * 40}}], '"repo-id"'),
+    "commit-a-number": ([dict(_GOOD, lock={"commit": 5})], '"lock.commit"'),
+    "not-a-list": ({"dependency": {}}, "JSON list"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_HOSTILE))
+def test_hostile_lock_files_are_lockfile_errors_naming_the_file_and_field(tmp_path, case):
+    """From the CLI (`warmup --from`) and from every load with JITKERNELS_LOCKFILE, in fresh processes."""
+    import json
+
+    from conftest import run_python
+
+    data, field = _HOSTILE[case]
+    lock = tmp_path / f"{case}.lock"
+    lock.write_text(json.dumps(data))
+    cli = run_python("from jitkernels.cli.main import main; raise SystemExit(main(['warmup', '--from', __import__('sys').argv[1]]))",
+                     str(lock), timeout=60)
+    assert cli.returncode == 1 and "Traceback" not in cli.stderr, cli.stderr
+    assert cli.stderr.startswith("error: ") and str(lock) in cli.stderr and field in cli.stderr
+    load = run_python("""
+        import jitkernels
+        from jitkernels.errors import LockfileError
+        try:
+            jitkernels.load('hf', 'relu', version=1)
+        except LockfileError as exc:
+            print('LockfileError:', exc)
+    """, timeout=60, JITKERNELS_LOCKFILE=lock, HF_HUB_OFFLINE="1")
+    assert load.returncode == 0, load.stderr
+    assert str(lock) in load.stdout and field in load.stdout
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "/dev/urandom"])
+def test_a_device_as_a_lock_or_list_file_is_refused_before_it_is_read(special):
+    """`warmup --from /dev/zero` read without end (MemoryError); now a LockfileError at once, everywhere."""
+    from conftest import run_python
+
+    cli = run_python("from jitkernels.cli.main import main; raise SystemExit(main(['warmup', '--from', __import__('sys').argv[1]]))",
+                     special, timeout=60)
+    assert cli.returncode == 1 and "Traceback" not in cli.stderr, cli.stderr
+    assert "not a regular file" in cli.stderr and special in cli.stderr
+    for variable, code in (("JITKERNELS_LOCKFILE", "import jitkernels; jitkernels.load('hf', 'relu', version=1)"),
+                           ("JITKERNELS_PINS", "import jitkernels.hub.hf.relu")):
+        out = run_python(code, timeout=60, HF_HUB_OFFLINE="1", **{variable: special})
+        assert out.returncode == 1 and "LockfileError" in out.stderr and "not a regular file" in out.stderr, out.stderr

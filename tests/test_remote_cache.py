@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -21,9 +22,10 @@ from jitkernels.cache import remote
 from jitkernels.cache.manifest import write_manifest
 from jitkernels.errors import CacheError, RemoteCacheError
 
-from conftest import child_env, run_python
+from conftest import child_env, run_python, start_python
 
-ENTRY = "_scaled_add_cpu_0123456789-89abcdef01234567"
+MODULE = "_scaled_add_cpu_0123456789"
+ENTRY = f"{MODULE}-89abcdef01234567"
 KEY = "89abcdef01234567" * 4
 
 
@@ -35,7 +37,8 @@ def make_entry(folder: Path, library: bytes = b"\x7fELF compiled library", key: 
     (package / "layers" / "__init__.py").write_text("")
     (package / "_ops.py").write_text("ops = None\n")
     (package / "_scaled_add_cpu_0123456789.cpython-311-x86_64-linux-gnu.so").write_bytes(library)
-    inspection = types.SimpleNamespace(to_dict=lambda: {"repo_id": "jitkernels-examples/scaled-add"})
+    inspection = types.SimpleNamespace(to_dict=lambda: {"repo_id": "jitkernels-examples/scaled-add",
+                                                        "python_name": "scaled_add", "module_name": MODULE})
     write_manifest(folder, inspection, {"build_key": key, "spec": "scaled-add (cpu): 2 translation units"})
     return folder
 
@@ -330,3 +333,139 @@ def test_builder_fills_the_remote_and_other_machines_load_without_compiling(onli
     assert "refused" in refused.stderr.lower() or "sha256" in refused.stderr
     assert not (tmp_path / "fleet-2" / "jkcache" / "entries").exists() or not any(
         (tmp_path / "fleet-2" / "jkcache" / "entries").glob("_scaled_add*"))
+
+
+# -- deadlines (issue 14, defect 4): a remote that never answers is a miss with one warning, and the load goes on ---
+
+class SilentServer:
+    """A TCP server on 127.0.0.1 that accepts every connection and never answers (a hung endpoint)."""
+
+    def __init__(self):
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.accepted = []
+        self.first = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)  # held open, never read from or written to
+            self.first.set()
+
+    def close(self):
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+@pytest.fixture
+def silent_s3(monkeypatch):
+    pytest.importorskip("s3fs")
+    server = SilentServer()
+    for name, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1",
+                        "AWS_ENDPOINT_URL": server.url}.items():
+        monkeypatch.setenv(name, value)
+    yield server
+    server.close()
+
+
+def test_a_remote_that_accepts_and_never_answers_is_a_miss_within_the_deadline(silent_s3, monkeypatch, tmp_path,
+                                                                              caplog):
+    """S3 at an endpoint that accepts and never answers took 421 s per lookup (JITKERNELS_TIMEOUT did not apply)."""
+    import time
+
+    monkeypatch.setenv("JITKERNELS_REMOTE_CACHE_TIMEOUT", "2")
+    cache = use_remote(monkeypatch, f"s3://silent-{free_port()}/fleet", "write")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="jitkernels"):
+        assert cache.fetch(ENTRY, KEY, dest) is False
+        assert time.monotonic() - start < 30  # the deadline, not botocore's retries
+        assert silent_s3.first.is_set()  # it did ask the server
+        assert cache.fetch(ENTRY, KEY, dest) is False  # not asked again for a while: no second wait
+        cache.store(ENTRY, make_entry(tmp_path / "a" / ENTRY))
+        assert remote.configured() is None  # resting: loads do not even set it up
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "JITKERNELS_REMOTE_CACHE_TIMEOUT" in warnings[0], warnings
+    assert list(dest.iterdir()) == []  # the abandoned download may never write into the caller's folder
+
+
+def _scaled_add_entry_name(url: str, monkeypatch) -> str:
+    """The name of the native entry jitkernels-examples/scaled-add gets here (from the DISABLE_BUILD error)."""
+    import re
+
+    import jitkernels
+    from jitkernels.errors import BuildError
+
+    monkeypatch.setenv("JITKERNELS_DISABLE_BUILD", "1")
+    monkeypatch.setenv("JITKERNELS_REMOTE_CACHE", url)
+    with pytest.raises(BuildError) as err:
+        jitkernels.load("hf", "jitkernels-examples/scaled-add", revision="main", backend="cpu")
+    return re.search(r"/entries/([^ /]+)", str(err.value)).group(1)
+
+
+LOAD_UNDER_DISABLE_BUILD = """
+import jitkernels
+from jitkernels.errors import BuildError
+try:
+    jitkernels.load("hf", "jitkernels-examples/scaled-add", revision="main", backend="cpu")
+except BuildError as exc:
+    print("BuildError", "remote cache" in str(exc))
+"""
+
+
+def test_a_fifo_manifest_and_a_silent_s3_do_not_block_loads_or_their_waiters(online, silent_s3, tmp_path,
+                                                                             monkeypatch):
+    """A file:// manifest that is a FIFO (a hung network mount) blocked forever, and the waiters with it. Now two
+    loads at once (one holds the entry's lock, the other waits) each end with the DISABLE_BUILD error; the same
+    for an S3 endpoint that never answers."""
+    shared = tmp_path / "shared"
+    name = _scaled_add_entry_name(f"file://{shared}", monkeypatch)
+    (shared / "entries" / name).mkdir(parents=True)
+    os.mkfifo(shared / "entries" / name / "manifest.json")
+    for url in (f"file://{shared}", f"s3://silent-{free_port()}/fleet"):
+        env = dict(JITKERNELS_REMOTE_CACHE=url, JITKERNELS_REMOTE_CACHE_TIMEOUT="2", JITKERNELS_DISABLE_BUILD="1",
+                   HF_ENDPOINT=online.endpoint)
+        children = [start_python(LOAD_UNDER_DISABLE_BUILD, **env) for _ in range(2)]
+        for child in children:
+            out, err = child.communicate(timeout=120)
+            assert child.returncode == 0 and out.strip() == "BuildError True", (url, out, err[-2000:])
+            assert err.count("JITKERNELS_REMOTE_CACHE_TIMEOUT") == 1, err[-2000:]
+
+
+# -- issue 14, defect 5: a fetched manifest is checked against the whole schema before anything is published ------
+
+def _without(mapping: dict, suffix: str) -> dict:
+    return {rel: value for rel, value in mapping.items() if not rel.endswith(suffix)}
+
+
+@pytest.mark.parametrize("forge", [
+    lambda m: dict(m, archs=5),
+    lambda m: dict(m, inspection={**m["inspection"], "repo_id": ["x"]}),
+    lambda m: dict(m, toolchain="gcc"),
+    lambda m: dict(m, files=_without(m["files"], "/__init__.py"), sha256=_without(m["sha256"], "/__init__.py")),
+    lambda m: dict(m, files=_without(m["files"], ".so"), sha256=_without(m["sha256"], ".so")),
+    lambda m: dict(m, inspection={**m["inspection"], "python_name": "other", "module_name": "_other_0"}),
+], ids=["archs-number", "repo-id-list", "toolchain-text", "no-init", "no-library", "another-kernel"])
+def test_a_self_consistent_remote_manifest_that_fails_the_schema_is_refused(tmp_path, monkeypatch, caplog, forge):
+    """A fetched manifest with "archs": 5 was published, and then crashed the operator commands; one without the
+    package's __init__.py or the library loaded as a KernelImportError every time."""
+    cache = use_remote(monkeypatch, f"file://{tmp_path / 'remote'}", "write")
+    cache.store(ENTRY, make_entry(tmp_path / "a" / ENTRY))
+    manifest_path = Path(cache.manifest_path(ENTRY))
+    manifest_path.write_text(json.dumps(forge(json.loads(manifest_path.read_text()))))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with caplog.at_level(logging.WARNING, logger="jitkernels"):
+        assert cache.fetch(ENTRY, KEY, dest, {"python_name": "scaled_add", "module_name": MODULE}) is False
+    assert list(dest.iterdir()) == []
+    assert ENTRY in caplog.text and "is not used" in caplog.text

@@ -91,3 +91,68 @@ def test_a_trust_grant_is_not_remembered_in_process_either(online):
     jitkernels.load("hf", UNTRUSTED, revision=commit, backend="cpu", trust_remote_code=True)
     with pytest.raises(TrustError):
         jitkernels.load("hf", UNTRUSTED, revision=commit, backend="cpu")
+
+
+def test_no_request_reaches_a_source_url_an_untrusted_publisher_chose_before_trust(online):
+    """inspect, has(), patched has_kernel and the CLI git-fetched metadata.json's `source` (7 requests to a
+    127.0.0.1 address) for a publisher nobody trusts (issue 14, defect 7)."""
+    import kernels
+
+    from jitkernels.cli.main import main
+    from jitkernels.errors import FetchError
+
+    from conftest import binary_variant
+    from cutlass_archives import ArchiveServer
+
+    with ArchiveServer({}) as evil:  # answers 404 to everything, and records every request
+        source = f"{evil.url}/evil.git"
+        online.add_repo("evilorg/binonly", {"v1": binary_variant(
+            "binonly", "binonly", "torch-stable-abi210-cpu-x86_64-linux", "cpu",
+            source=source, provenance={"kernel": {"commit": "c" * 40, "dirty": False}})})
+        online.set_org("evilorg", trusted=False)
+
+        i = jitkernels.inspect("hf", "evilorg/binonly", version=1, backend="cpu")
+        assert (i.strategy, i.reason) == ("unsupported", "untrusted-source")
+        assert source in i.detail and "trust_remote_code" in i.detail and "JITKERNELS_TRUSTED" in i.detail
+        assert jitkernels.has("hf", "evilorg/binonly", version=1, backend="cpu") is False
+        with jitkernels.patch():
+            assert kernels.has_kernel("evilorg/binonly", version=1, backend="cpu") is False
+        assert main(["inspect", "evilorg/binonly", "--version", "1", "--backend", "cpu"]) == 0
+        assert main(["doctor", "evilorg/binonly", "--version", "1", "--backend", "cpu"]) == 1
+        with pytest.raises(TrustError):
+            jitkernels.load("hf", "evilorg/binonly", version=1, backend="cpu")
+        assert evil.requests == []
+
+        # With trust granted the source is fetched; it is not there: has() is False, never a FetchError.
+        assert jitkernels.has("hf", "evilorg/binonly", version=1, backend="cpu", trust_remote_code=True) is False
+        assert evil.requests, "with trust the source is fetched"
+        with pytest.raises(FetchError, match="evil.git"):
+            jitkernels.inspect("hf", "evilorg/binonly", version=1, backend="cpu", trust_remote_code=["evilorg/binonly"])
+
+
+def test_the_trust_advice_for_a_kernel_dependency_is_true(online, monkeypatch):
+    """A kernel-depends entry of an untrusted publisher: the error said "pass trust_remote_code=True", which the
+    dependency then ignored (issue 14, defect 11). The grant now reaches the dependencies it names; every way
+    the error advises works."""
+    files = tree(EXAMPLES / "rms-norm")
+    files["build.toml"] = files["build.toml"].replace(
+        b"[general.hub]", f'kernel-depends = [{{ repo-id = "{UNTRUSTED}", revision = "main" }}]\n\n[general.hub]'.encode())
+    online.add_repo("kernels-test/needs-untrusted", {"main": files})
+    with pytest.raises(TrustError) as err:
+        jitkernels.load("hf", "kernels-test/needs-untrusted", revision="main", backend="cpu")
+    message = str(err.value)
+    assert message.startswith(f"kernels-test/needs-untrusted needs kernel {UNTRUSTED}@main (kernel-depends)")
+    assert "trust_remote_code=True" in message and f"trust_remote_code=[{UNTRUSTED!r}]" in message
+    assert "JITKERNELS_TRUSTED" in message
+    assert not entry_dirs("_rms_norm")  # neither the dependency nor the kernel was prepared
+
+    with pytest.raises(TrustError):  # a list that names only the kernel does not reach its dependency
+        jitkernels.load("hf", "kernels-test/needs-untrusted", revision="main", backend="cpu",
+                        trust_remote_code=["kernels-test/needs-untrusted"])
+    for grant in (True, [UNTRUSTED]):  # what the message says, followed word for word
+        k = jitkernels.load("hf", "kernels-test/needs-untrusted", revision="main", backend="cpu", trust_remote_code=grant)
+        assert k.rms_norm(torch.ones(1, 4), torch.ones(4)).shape == (1, 4)
+    out = run_python("import jitkernels; print(jitkernels.load('hf', 'kernels-test/needs-untrusted', "
+                     "revision='main', backend='cpu').rms_norm.__name__)",
+                     JITKERNELS_TRUSTED=UNTRUSTED.split("/")[0], HF_ENDPOINT=online.endpoint)
+    assert out.returncode == 0 and out.stdout.strip() == "rms_norm", out.stderr[-2000:]

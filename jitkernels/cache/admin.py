@@ -20,11 +20,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import LockTimeoutError
+from ..errors import CacheError, LockTimeoutError
 from . import entries, layout, locks, workspaces
 from .files import read_json
 from .layout import MANIFEST
-from .manifest import check_entry
+from .manifest import check_entry, manifest_problem
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class EntryInfo:
     kernel: str | None
     revision: str | None
     backend: str | None
-    kind: str  # "python" | "native" | "git-source" | "cuda-compiler"
+    kind: str  # "python" | "native" | "git-source" | "cuda-compiler" | "unknown" (a damaged manifest)
     archs: list
     abi: str | None
     torch: str | None
@@ -63,11 +63,20 @@ def _size_and_last_use(folder: Path) -> tuple[int, float | None]:
     return size, last
 
 
-def describe(folder: Path) -> EntryInfo:
+def describe(folder: Path, full: bool = False) -> EntryInfo:
+    """What ``cache list``/``info`` show of an entry; never raises for a damaged one (it is shown as damaged).
+
+    ``full``: the intact flag comes from the full check (every sha256, as ``jitkernels verify``).
+    """
+    problem = check_entry(folder, full=full)
     manifest = read_json(folder / MANIFEST) or {}
-    inspection = manifest.get("inspection") if isinstance(manifest.get("inspection"), dict) else {}
-    toolchain = manifest.get("toolchain") if isinstance(manifest.get("toolchain"), dict) else {}
-    if "git" in manifest:
+    if manifest_problem(manifest) is not None:
+        manifest = {}  # fields of a manifest that fails the schema are not shown (nor trusted)
+    inspection = manifest.get("inspection") or {}
+    toolchain = manifest.get("toolchain") or {}
+    if not manifest:
+        kind = "unknown"  # no readable manifest: nothing it says is shown
+    elif "git" in manifest:
         kind = "git-source"
     elif "cuda_toolkit" in manifest:
         kind = "cuda-compiler"
@@ -76,7 +85,6 @@ def describe(folder: Path) -> EntryInfo:
     else:
         kind = "python"
     size, last = _size_and_last_use(folder)
-    problem = check_entry(folder)
     return EntryInfo(
         name=folder.name,
         kernel=inspection.get("repo_id") or (manifest.get("git") or {}).get("url"),
@@ -94,11 +102,11 @@ def describe(folder: Path) -> EntryInfo:
     )
 
 
-def list_entries() -> list[EntryInfo]:
+def list_entries(full: bool = False) -> list[EntryInfo]:
     folder = layout.entries_dir()
     if not folder.is_dir():
         return []
-    return [describe(p) for p in sorted(folder.iterdir()) if p.is_dir()]
+    return [describe(p, full) for p in sorted(folder.iterdir()) if p.is_dir() and not p.is_symlink()]
 
 
 def find(name: str) -> list[EntryInfo]:
@@ -129,13 +137,13 @@ def remove(info: EntryInfo, dry_run: bool = False) -> bool:
 def prune(older_than_days: float | None = None, unloadable: tuple[str, str] | None = None, damaged: bool = False,
           dry_run: bool = False) -> tuple[list[EntryInfo], list[EntryInfo]]:
     """Remove entries unused for ``older_than_days``, or not loadable with ``unloadable`` (the Python ABI tag and
-    torch build of the interpreter that asks), or damaged.
+    torch build of the interpreter that asks), or damaged (the full check: what ``jitkernels verify`` sees).
 
     Returns (removed, kept because in use).
     """
     now = time.time()
     removed, busy = [], []
-    for info in list_entries():
+    for info in list_entries(full=damaged):
         stale = older_than_days is not None and (info.last_use or info.created or 0) < now - older_than_days * 86400
         if stale or (unloadable and not loadable_with(info, *unloadable)) or (damaged and not info.intact):
             (removed if remove(info, dry_run) else busy).append(info)
@@ -155,13 +163,25 @@ def clear(dry_run: bool = False) -> tuple[list[EntryInfo], list[EntryInfo]]:
     return removed, busy
 
 
-def verify() -> tuple[int, list[dict]]:
-    """Re-hash every published entry (the full check; loads only compare sizes): ``(entries, damaged)``."""
+def verify(remove_damaged: bool = True) -> tuple[int, list[dict]]:
+    """Re-hash every published entry (the full check; loads only compare sizes): ``(entries, damaged)``.
+
+    A damaged entry is removed (``removed``: True), so that its next load makes it again: loads compare
+    sizes only and would otherwise import a same-size alteration. One in use (its lock is held) or in a
+    cache this process cannot write is left, and ``kept`` says why.
+    """
     folder = layout.entries_dir()
-    names = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    names = sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()) if folder.is_dir() else []
     damaged = []
     for entry in names:
         problem = check_entry(entry, full=True)
         if problem:
-            damaged.append({"entry": entry.name, "problem": problem})
+            record = {"entry": entry.name, "problem": problem, "removed": False, "kept": None}
+            if remove_damaged:
+                try:
+                    record["removed"] = remove(describe(entry))
+                    record["kept"] = None if record["removed"] else "in use by another process"
+                except CacheError as exc:
+                    record["kept"] = str(exc)
+            damaged.append(record)
     return len(names), damaged

@@ -76,7 +76,7 @@ def obtain(recipe: Recipe) -> Path:
             warning_once(f"The cached kernel {entry.name} is damaged ({problem}); it is rebuilt.")
             discard(entry)
         with workspaces.staging(recipe.name) as out:
-            if remote is not None and remote.fetch(recipe.name, recipe.build_key, out):
+            if remote is not None and remote.fetch(recipe.name, recipe.build_key, out, _kernel_of(recipe)):
                 with guard(out):
                     _publish(out, entry, None, None, fetched=True)  # its manifest is the remote one, verified
                 logger.info("jitkernels: %s came from the remote cache %s", recipe.name, remote)
@@ -102,9 +102,17 @@ def _remote(recipe: Recipe):
     return remote.configured()
 
 
+def _kernel_of(recipe: Recipe) -> dict | None:
+    """What a remote entry must hold for ``recipe``: its package and module names."""
+    inspection = recipe.inspection
+    if inspection is None:
+        return None
+    return {"python_name": inspection.python_name, "module_name": inspection.module_name}
+
+
 def _check_build_allowed(recipe: Recipe, entry: Path) -> None:
     if recipe.compiled and config.disable_build():
-        where = " or the remote cache" if _remote(recipe) is not None else ""
+        where = " or the remote cache" if recipe.build_key is not None and config.remote_cache_url() else ""
         raise BuildError(
             f"{recipe.what}: not in the cache at {entry}{where}, and JITKERNELS_DISABLE_BUILD=1 forbids "
             f"compiling it. Prebuild it with `jitkernels build` (or `warmup`) on a machine of this kind (same "
@@ -154,6 +162,30 @@ def _apply_umask(folder: Path) -> None:
         mode = 0o777 if path.is_dir() or os.stat(path).st_mode & 0o111 else 0o666
         with contextlib.suppress(OSError):
             os.chmod(path, mode & ~mask & ~0o002)  # never world-writable
+
+
+def damaged_after_failed_import(entry: Path, package: str) -> str | None:
+    """An entry whose package just failed to import: is it damage (then reported once and discarded) or the
+    kernel's own error (None)?
+
+    The full check runs (every sha256, no file the manifest does not list) and the package's
+    ``__init__.py`` must be there. A damaged entry is removed under its lock, so that the caller's next
+    prepare makes it again; if it cannot be removed (in use, a read-only cache) it stays, and None is
+    returned: the import error is then the caller's to raise.
+    """
+    problem = check_entry(entry, full=True)
+    if problem is None and not (entry / package / "__init__.py").is_file():
+        problem = f"{package}/__init__.py is missing"
+    if problem is None:
+        return None
+    warning_once(f"The cached kernel {entry.name} is damaged ({problem}); it is rebuilt.")
+    try:
+        with locks.hold(f"entry:{entry.name}", "removing a damaged entry", wait=False):
+            if entry.exists():
+                discard(entry)
+    except CacheError:  # held by another process (LockTimeoutError), or a cache we cannot write
+        return None
+    return problem
 
 
 def discard(entry: Path) -> None:

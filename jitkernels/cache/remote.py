@@ -34,6 +34,8 @@ import json
 import os
 import re
 import shutil
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -41,6 +43,7 @@ from .. import config
 from ..errors import RemoteCacheError
 from ..log import logger, warning_once
 from .layout import MANIFEST
+from .manifest import manifest_problem
 
 MODES = ("read", "write")
 PIP_LINE = "pip install 'jitkernels[remote]'"
@@ -52,21 +55,87 @@ BACKEND_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", 
                     "abfss": "adlfs", "hf": "huggingface_hub"}
 
 _ENTRY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MAX_MANIFEST = 16 * 1024 * 1024
 _CHUNK = 1 << 20
 
 
 def configured() -> RemoteCache | None:
-    """The remote cache ``JITKERNELS_REMOTE_CACHE`` names, or None when it is unset.
+    """The remote cache ``JITKERNELS_REMOTE_CACHE`` names, or None when it is unset (or did not answer lately).
 
     Raises :class:`RemoteCacheError` for a misconfiguration (unknown mode or
     protocol, fsspec or the protocol's package not installed).
     """
     url = config.remote_cache_url()
-    if url is None:
+    if url is None or _resting(url.rstrip("/")):
         return None
-    return RemoteCache(url, config.remote_cache_mode())
+    mode = config.remote_cache_mode()
+    try:
+        return _bounded(lambda: RemoteCache(url, mode), _Outcome())
+    except _Late:
+        _gave_up(url.rstrip("/"), "did not set up its file system")
+        return None
+
+
+# -- deadlines ---------------------------------------------------------------------------------------
+
+#: After a remote operation ran past its deadline, the remote is skipped for this long (one warning said why).
+REST_AFTER_TIMEOUT = 600.0
+_RESTING: dict[str, float] = {}
+
+
+class _Late(Exception):
+    """A remote operation ran past ``JITKERNELS_REMOTE_CACHE_TIMEOUT``."""
+
+
+class _Outcome:
+    """Shared by a remote operation's worker thread and its caller: who finished first."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.abandoned = False  # the caller stopped waiting: the worker must not touch the caller's folder
+        self.delivered = False  # the worker handed its result over: the caller uses it whatever the clock says
+
+
+def _bounded(work, outcome: _Outcome):
+    """``work()`` in a daemon thread, waited for ``JITKERNELS_REMOTE_CACHE_TIMEOUT`` seconds.
+
+    On expiry :class:`_Late` (the thread is abandoned: a hung network mount or a server that never
+    answers blocks it, not the load); otherwise ``work``'s result or exception.
+    """
+    done = threading.Event()
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller as it is
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="jitkernels-remote-cache", daemon=True).start()
+    if not done.wait(config.remote_cache_timeout()):
+        with outcome.lock:
+            if not outcome.delivered:
+                outcome.abandoned = True
+                raise _Late()
+        done.wait()  # it delivered at the last moment: only its clean-up is left
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def _resting(url: str) -> bool:
+    return time.monotonic() < _RESTING.get(url, 0.0)
+
+
+def _gave_up(url: str, what: str) -> None:
+    _RESTING[url] = time.monotonic() + REST_AFTER_TIMEOUT
+    warning_once(
+        f"The remote cache {url} {what} within {config.remote_cache_timeout():.0f}s "
+        f"(JITKERNELS_REMOTE_CACHE_TIMEOUT): treated as a miss, and not asked again by this process for "
+        f"{REST_AFTER_TIMEOUT / 60:.0f} minutes."
+    )
 
 
 class RemoteCache:
@@ -111,15 +180,59 @@ class RemoteCache:
 
     # -- fetch ------------------------------------------------------------------
 
-    def fetch(self, entry_name: str, build_key: str, dest: Path) -> bool:
+    def fetch(self, entry_name: str, build_key: str, dest: Path, expect: dict | None = None) -> bool:
         """Download ``entry_name`` into the empty folder ``dest`` and verify it.
 
-        True only for a complete entry whose manifest has ``build_key`` and whose
-        every file has its recorded size and sha256 (the manifest is written last
-        into ``dest``). False for a miss, silently, and for an entry that fails a
-        check or cannot be downloaded, with one warning; ``dest`` is then left empty.
+        True only for a complete entry whose manifest fits the schema, has ``build_key``, holds the
+        kernel ``expect`` names (``python_name``, ``module_name``), and whose every file has its
+        recorded size and sha256 (the manifest is written last into ``dest``). False for a miss,
+        silently, and for an entry that fails a check, cannot be downloaded, or takes longer than
+        ``JITKERNELS_REMOTE_CACHE_TIMEOUT`` seconds, with one warning; ``dest`` is then left empty.
+
+        The download goes into a private folder beside ``dest`` and is moved into ``dest`` only if it
+        finished in time: an abandoned download never writes into ``dest``.
         """
         dest = Path(dest)
+        self._entry_path(entry_name)  # a bad name is a RemoteCacheError, at once
+        if _resting(self.url):
+            return False
+        outcome = _Outcome()
+        private = dest.parent / f".{dest.name}.remote-{uuid.uuid4().hex[:8]}"
+
+        def work() -> bool:
+            try:
+                private.mkdir()
+                if not self._fetch_into(entry_name, build_key, private, expect):
+                    return False
+                with outcome.lock:
+                    if outcome.abandoned:
+                        return False
+                    names = sorted(p.name for p in private.iterdir())
+                    for name in sorted(names, key=lambda n: n == MANIFEST):  # the manifest last
+                        os.replace(private / name, dest / name)
+                    outcome.delivered = True
+                return True
+            finally:
+                shutil.rmtree(private, ignore_errors=True)
+
+        try:
+            found = _bounded(work, outcome)
+        except _Late:
+            _gave_up(self.url, f"did not answer for {entry_name}")
+            _empty(dest)
+            return False
+        except _Refused as exc:
+            self._refuse(entry_name, str(exc), dest)
+            return False
+        except Exception as exc:  # noqa: BLE001 - network, permissions, a full disk: a miss, with a warning
+            self._refuse(entry_name, _short(exc), dest)
+            return False
+        if found:
+            logger.info("jitkernels: fetched %s from the remote cache %s", entry_name, self.url)
+        return found
+
+    def _fetch_into(self, entry_name: str, build_key: str, folder: Path, expect: dict | None) -> bool:
+        """The entry into ``folder``, checked; False for a miss; :class:`_Refused` for anything that fails a check."""
         manifest_path = self.manifest_path(entry_name)
         try:
             _invalidate(self.fs)
@@ -127,20 +240,11 @@ class RemoteCache:
         except FileNotFoundError:
             return False
         except Exception as exc:  # noqa: BLE001 - any remote trouble is a warning and a miss
-            self._refuse(entry_name, f"cannot read {manifest_path}: {_short(exc)}", dest)
-            return False
-        try:
-            manifest = _parse_manifest(raw, build_key)
-            for rel, digest in sorted(manifest["sha256"].items()):
-                self._download(self.blob_path(entry_name, digest), dest / rel, manifest["files"][rel], digest)
-            (dest / MANIFEST).write_bytes(raw)
-        except _Refused as exc:
-            self._refuse(entry_name, str(exc), dest)
-            return False
-        except Exception as exc:  # noqa: BLE001 - network, permissions, a full disk: a miss, with a warning
-            self._refuse(entry_name, _short(exc), dest)
-            return False
-        logger.info("jitkernels: fetched %s from the remote cache %s", entry_name, self.url)
+            raise _Refused(f"cannot read {manifest_path}: {_short(exc)}") from exc
+        manifest = _parse_manifest(raw, build_key, expect)
+        for rel, digest in sorted(manifest["sha256"].items()):
+            self._download(self.blob_path(entry_name, digest), folder / rel, manifest["files"][rel], digest)
+        (folder / MANIFEST).write_bytes(raw)
         return True
 
     def _download(self, remote: str, local: Path, size: int, digest: str) -> None:
@@ -179,30 +283,34 @@ class RemoteCache:
         files are re-hashed against the manifest first: a damaged entry is never
         uploaded. Failures are warnings: the local load goes on.
         """
-        if not self.writable:
+        if not self.writable or _resting(self.url):
             return
-        entry = Path(entry)
+        self._entry_path(entry_name)  # a bad name is a RemoteCacheError, at once
         try:
-            raw = (entry / MANIFEST).read_bytes()
-            manifest = _parse_manifest(raw, build_key=None)
-            blobs: dict[str, Path] = {}
-            for rel, digest in manifest["sha256"].items():
-                path = entry / rel
-                if _sha256_file(path) != digest or path.stat().st_size != manifest["files"][rel]:
-                    raise _Refused(f"the local file {path} does not match its manifest")
-                blobs.setdefault(digest, path)
-            if self.protocol == "hf":
-                self._store_hf(entry_name, blobs, raw)
-            else:
-                for digest, path in sorted(blobs.items()):
-                    self._put(path, self.blob_path(entry_name, digest))
-                self._put(entry / MANIFEST, self.manifest_path(entry_name))
+            _bounded(lambda: self._store(entry_name, Path(entry)), _Outcome())
+        except _Late:
+            _gave_up(self.url, f"did not take the upload of {entry_name}")
         except RemoteCacheError:
             raise
         except Exception as exc:  # noqa: BLE001 - an upload failure must not fail the load
             warning_once(f"Uploading {entry_name} to the remote cache {self.url} failed: {_short(exc)}. "
                          f"The kernel is cached locally only.")
-            return
+
+    def _store(self, entry_name: str, entry: Path) -> None:
+        raw = (entry / MANIFEST).read_bytes()
+        manifest = _parse_manifest(raw, build_key=None)
+        blobs: dict[str, Path] = {}
+        for rel, digest in manifest["sha256"].items():
+            path = entry / rel
+            if _sha256_file(path) != digest or path.stat().st_size != manifest["files"][rel]:
+                raise _Refused(f"the local file {path} does not match its manifest")
+            blobs.setdefault(digest, path)
+        if self.protocol == "hf":
+            self._store_hf(entry_name, blobs, raw)
+        else:
+            for digest, path in sorted(blobs.items()):
+                self._put(path, self.blob_path(entry_name, digest))
+            self._put(entry / MANIFEST, self.manifest_path(entry_name))
         logger.info("jitkernels: uploaded %s to the remote cache %s", entry_name, self.url)
 
     def _put(self, local: Path, remote: str) -> None:
@@ -266,36 +374,28 @@ def _filesystem(url: str, protocol: str):
         ) from exc
 
 
-def _parse_manifest(raw: bytes, build_key: str | None) -> dict:
-    """The manifest, checked: the asked build key, and files whose paths stay inside the entry."""
+def _parse_manifest(raw: bytes, build_key: str | None, expect: dict | None = None) -> dict:
+    """The manifest, checked against the one schema (:func:`jitkernels.cache.manifest.manifest_problem`), the asked
+    build key, and (``expect``) the kernel it must hold: nothing that fails is ever published."""
     if len(raw) > _MAX_MANIFEST:
         raise _Refused("its manifest is implausibly large")
     try:
         manifest = json.loads(raw)
-    except ValueError as exc:
-        raise _Refused(f"its manifest is not JSON ({exc})") from exc
+    except (ValueError, RecursionError) as exc:
+        raise _Refused(f"its manifest is not JSON ({str(exc)[:200]})") from exc
     if not isinstance(manifest, dict):
         raise _Refused("its manifest is not a JSON object")
     if build_key is not None and manifest.get("build_key") != build_key:
         raise _Refused(f"its build key {str(manifest.get('build_key'))[:16]}... is not the asked {build_key[:16]}...")
-    files, hashes = manifest.get("files"), manifest.get("sha256")
-    if not isinstance(files, dict) or not isinstance(hashes, dict) or set(files) != set(hashes) or not files:
-        raise _Refused("its manifest does not list a size and a sha256 for every file")
-    for rel, size in files.items():
-        if not _safe_relpath(rel):
-            raise _Refused(f"its manifest names the unsafe path {rel!r}")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise _Refused(f"its manifest records a bad size for {rel!r}")
-        if not isinstance(hashes[rel], str) or not _SHA256.match(hashes[rel]):
-            raise _Refused(f"its manifest records a bad sha256 for {rel!r}")
+    problem = manifest_problem(manifest, expect)
+    if problem is not None:
+        raise _Refused(problem)
+    if expect is not None:
+        held = manifest.get("inspection") or {}
+        for key, value in expect.items():
+            if value is not None and held.get(key) != value:
+                raise _Refused(f"it holds {key} {str(held.get(key))[:80]!r}, not the asked {value!r}")
     return manifest
-
-
-def _safe_relpath(rel) -> bool:
-    if not isinstance(rel, str) or not rel or rel == MANIFEST or "\\" in rel or "\x00" in rel:
-        return False
-    parts = rel.split("/")
-    return not rel.startswith("/") and all(p not in ("", ".", "..") for p in parts)
 
 
 def _sha256_file(path: Path) -> str:

@@ -68,6 +68,8 @@ def _add_inspect(sub) -> None:
     _add_target_args(p)
     _add_json(p)
     p.add_argument("--local", action="store_true", help="the names are local kernel folders")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="also fetch a source an untrusted publisher names outside the Hub (metadata.json 'source')")
     p.set_defaults(func=cmd_inspect)
 
 
@@ -80,7 +82,8 @@ def cmd_inspect(args) -> int:
             results.append(jitkernels.inspect_local(name, backend=args.backend))
         else:
             results.append(jitkernels.inspect(args.provider, name, revision=args.revision,
-                                              version=args.version, backend=args.backend))
+                                              version=args.version, backend=args.backend,
+                                              trust_remote_code=args.trust_remote_code))
     if args.json:
         payload = [r.to_dict() for r in results]
         _print_json(payload[0] if len(payload) == 1 else payload)
@@ -258,6 +261,8 @@ def _add_lock(sub) -> None:
     p.add_argument("names", nargs="+")
     _add_target_args(p)
     p.add_argument("-o", "--output", default="jitkernels.lock", help="lock file to write (jitkernels.lock)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="lock kernels whose source an untrusted publisher names outside the Hub")
     _add_json(p)
     p.set_defaults(func=cmd_lock)
 
@@ -268,7 +273,8 @@ def cmd_lock(args) -> int:
 
     entries = []
     for index, name in enumerate(args.names, 1):
-        entry = lock_entry(args.provider, name, revision=args.revision, version=args.version, backend=args.backend)
+        entry = lock_entry(args.provider, name, revision=args.revision, version=args.version, backend=args.backend,
+                           trust_remote_code=args.trust_remote_code)
         _say(f"[{index}/{len(args.names)}] {entry['dependency']['repo-id']}: {entry['lock']['commit'][:12]}, "
              f"{len(entry['jitkernels']['files'])} files")
         entries.append(entry)
@@ -285,24 +291,34 @@ def cmd_lock(args) -> int:
 # -- verify ----------------------------------------------------------------------------------------
 
 def _add_verify(sub) -> None:
-    p = sub.add_parser("verify", help="re-hash every cache entry (loads only compare file sizes)")
+    p = sub.add_parser("verify", help="re-hash every cache entry (loads only compare file sizes) and remove "
+                                      "damaged ones, so that their next load makes them again")
+    p.add_argument("--keep", action="store_true",
+                   help="only report damaged entries (loads keep importing a same-size alteration until removed)")
     _add_json(p)
     p.set_defaults(func=cmd_verify)
 
 
 def cmd_verify(args) -> int:
-    """Re-hash every published entry (the full check; loads only compare sizes)."""
+    """Re-hash every published entry (the full check; loads only compare sizes); remove the damaged ones."""
     from ..cache import admin
 
-    count, damaged = admin.verify()
+    count, damaged = admin.verify(remove_damaged=not args.keep)
     if args.json:
         _print_json({"entries": count, "intact": count - len(damaged), "damaged": damaged})
     else:
         for d in damaged:
-            _say(f"DAMAGED {d['entry']}: {d['problem']}")
+            state = "removed" if d["removed"] else ("kept" if args.keep else f"NOT removed: {d['kept']}")
+            _say(f"DAMAGED {d['entry']}: {d['problem']} ({state})")
         _say(f"{count - len(damaged)} of {count} cache entries intact")
-        if damaged:
-            _say(f"error: {len(damaged)} damaged entries; they are rebuilt on their next load")
+        removed = sum(d["removed"] for d in damaged)
+        if removed:
+            _say(f"error: {removed} damaged entries removed; they are made again on their next load")
+        if len(damaged) > removed:
+            _say(f"error: {len(damaged) - removed} damaged entries were not removed: loads may still import them. "
+                 + ("Remove them with `jitkernels cache prune --damaged`." if args.keep else
+                    "Remove them once nothing uses them (`jitkernels cache prune --damaged`), or fix the cache's "
+                    "permissions (JITKERNELS_CACHE)."))
     return 1 if damaged else 0
 
 

@@ -87,15 +87,12 @@ def explicit() -> dict[tuple[str, str], Pin]:
 # -- files ----------------------------------------------------------------------
 
 def _parse_file(path: Path) -> dict[tuple[str, str], Pin]:
-    from ..upstream.lockfiles import MAX_LOCK_BYTES
+    from ..upstream.lockfiles import read_capped
 
+    raw = read_capped(path, f"pin file ({PINS_ENV})")
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_LOCK_BYTES + 1)
-        if len(raw) > MAX_LOCK_BYTES:
-            raise ValueError(f"larger than {MAX_LOCK_BYTES >> 20} MiB")
         data = json.loads(raw)
-    except (OSError, ValueError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise LockfileError(f"{PINS_ENV}: cannot read pin file {path}: {exc}") from exc
     pins: dict[tuple[str, str], Pin] = {}
     source = str(path)

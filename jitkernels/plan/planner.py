@@ -7,7 +7,10 @@ Where the source comes from, in order:
 2. for Python kernels, a noarch build payload ``build/torch-<backend>`` or
    ``build/torch-universal``;
 3. for native kernels, the source a build variant's ``metadata.json`` names
-   (``source`` git URL at ``provenance.kernel.commit``), fetched with git;
+   (``source`` git URL at ``provenance.kernel.commit``), fetched with git, and
+   only for a trusted publisher (``snapshot.trust``): a URL an untrusted
+   publisher chose is never contacted before trust is granted
+   (``unsupported`` / ``untrusted-source``, naming the URL and how to grant trust);
 4. else ``unsupported`` / ``missing-source``.
 
 Only small files are fetched here (``build.toml``, one ``metadata.json``);
@@ -342,6 +345,19 @@ def _plan_from_metadata(snapshot, prefix, arch, base, backend, toolchain, ignore
             f"{'its variants' if meta is None else meta_variant + '/metadata.json'}, so JitKernels cannot find "
             f"the source to compile. It never loads a prebuilt binary; ask the publisher to add 'source' and "
             f"provenance to metadata.json, or point LOCAL_KERNELS at a source tree.",
+        ), None
+    if snapshot.trust is None:  # the publisher chose this URL: no request to it before trust is granted
+        org = snapshot.ref.repo_id.split("/", 1)[0]
+        considered.append(Option(f"git source {meta.source}@{meta.source_commit[:12]}", False,
+                                 "not fetched: the publisher is not trusted"))
+        return _unsupported(
+            base, st.UNTRUSTED_SOURCE,
+            f"Binary-only kernel (build variants: {have}); its {meta_variant}/metadata.json names the source "
+            f"{meta.source} at {meta.source_commit[:12]}, a URL its publisher chose, and {snapshot.ref.repo_id} is "
+            f"not from a trusted publisher, so JitKernels does not fetch it. If you trust it, pass "
+            f"trust_remote_code=True (or trust_remote_code=[{snapshot.ref.repo_id!r}]; `--trust-remote-code` on "
+            f"the command line), or add {org!r} to JITKERNELS_TRUSTED.",
+            source="git", source_location=f"{meta.source}@{meta.source_commit}",
         ), None
     git_snapshot = fetch_git_commit(snapshot.ref, meta.source, meta.source_commit)
     root = _find_kernel_root(git_snapshot, snapshot.ref.short_name, meta.name)

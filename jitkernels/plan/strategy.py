@@ -22,6 +22,9 @@ MISSING_SOURCE = "missing-source"
 UNSUPPORTED_DEPENDENCY = "unsupported-dependency"
 NO_BACKEND = "no-backend"
 TOOLCHAIN = "toolchain"
+#: The source lives at a URL the publisher chose (metadata.json ``source``) and the publisher is not trusted:
+#: nothing is fetched from it until trust is granted.
+UNTRUSTED_SOURCE = "untrusted-source"
 
 #: Backends JitKernels can compile native kernels for.
 BUILDABLE_BACKENDS = ("cpu", "cuda")

@@ -153,13 +153,20 @@ def export_entry(prepared, to: Path) -> Path:
         raise CacheError(f"The cache entry {prepared.entry} has no package {inspection.python_name}/; "
                          f"run `jitkernels verify` and build it again.")
     variant = local_variant_name(inspection)
-    build = Path(to).expanduser().resolve() / "build"
+    target = Path(to).expanduser().resolve()
+    _refuse_cache_targets(target)
+    build = target / "build"
     final = build / variant
     tmp = build / f".{variant}.{os.getpid()}.tmp"
     try:
         build.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(package, tmp, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        try:
+            shutil.copytree(package, tmp, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        except shutil.Error as exc:  # one (source, target, why) per file: name the first, count the rest
+            failures = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
+            first = failures[0][2] if failures and len(failures[0]) == 3 else str(exc)[:300]
+            raise OSError(f"{first}" + (f" (and {len(failures) - 1} more files)" if len(failures) > 1 else "")) from exc
         archs = compiled_archs(inspection, prepared.config) if inspection.strategy != PYTHON else []
         metadata = metadata_for(inspection, prepared.config, tmp, archs)
         (tmp / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
@@ -176,6 +183,35 @@ def export_entry(prepared, to: Path) -> Path:
             "Exported %s from a free-threaded interpreter: upstream kernels 0.17.2 does not load compiled "
             "variants on free-threaded Python before 3.15 (JitKernels does).", variant)
     return final
+
+
+def _caches() -> list[tuple[str, Path]]:
+    """The folders an export must stay out of: JitKernels' cache and the Hugging Face cache kernels come from."""
+    from .. import config
+
+    found = [("the JitKernels cache (JITKERNELS_CACHE)", config.cache_dir())]
+    hub = config.kernels_hub_cache()
+    if hub is None:
+        try:
+            from huggingface_hub import constants
+
+            hub = constants.HF_HUB_CACHE
+        except ImportError:  # pragma: no cover - huggingface_hub is a dependency
+            hub = None
+    if hub:
+        found.append(("the Hugging Face cache kernels are downloaded to", Path(hub)))
+    return found
+
+
+def _refuse_cache_targets(target: Path) -> None:
+    """Published entries are never written after they are published, and the Hub cache is not ours to add to."""
+    for what, folder in _caches():
+        folder = Path(os.path.realpath(folder))
+        if target == folder or folder in target.parents:
+            raise CacheError(
+                f"Refusing to export into {target}: it is inside {what} ({folder}), whose entries are never "
+                f"written after they are published. Export to a folder of your own (e.g. --to ./out)."
+            )
 
 
 def _flat(version: str) -> str:

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,17 +95,31 @@ def parse_lock(data, where: str) -> dict[str, LockedKernel]:
     return locked
 
 
-def read_lock(path, what: str = "lock file") -> dict[str, LockedKernel]:
-    """:func:`parse_lock` of a file, read with a size cap."""
+def read_capped(path, what: str = "lock file") -> bytes:
+    """The bytes of a lock, pin or list file: a regular file (or a pipe) of at most :data:`MAX_LOCK_BYTES`.
+
+    A device (``/dev/zero``), a folder or anything larger is a :class:`LockfileError` naming the file,
+    found before more than the cap is read.
+    """
     path = Path(path)
     try:
         with open(path, "rb") as fh:
+            mode = os.fstat(fh.fileno()).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+                raise LockfileError(f"The {what} {path} is not a regular file (a device or another special file).")
             raw = fh.read(MAX_LOCK_BYTES + 1)
+    except IsADirectoryError as exc:
+        raise LockfileError(f"The {what} {path} is a folder, not a file.") from exc
     except OSError as exc:
         raise LockfileError(f"Cannot read the {what} {path}: {exc.strerror or exc}.") from exc
     if len(raw) > MAX_LOCK_BYTES:
         raise LockfileError(f"The {what} {path} is larger than {MAX_LOCK_BYTES >> 20} MiB: not a lock file.")
-    return parse_text(raw, str(path))
+    return raw
+
+
+def read_lock(path, what: str = "lock file") -> dict[str, LockedKernel]:
+    """:func:`parse_lock` of a file, read with a size cap (:func:`read_capped`)."""
+    return parse_text(read_capped(path, what), str(path))
 
 
 def parse_text(raw: bytes | str, where: str) -> dict[str, LockedKernel]:
