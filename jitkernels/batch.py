@@ -61,6 +61,12 @@ class Outcome:
 def read_targets(path: Path, backend: str | None = None) -> list[Target]:
     """The kernels a ``--from`` file names (see the module docstring); ``backend`` overrides a lock's."""
     path = Path(path)
+    if path.is_dir():  # a project folder, as `kernels download <project>` takes it
+        from .upstream.lockfiles import project_kernels
+
+        kernels, _where = project_kernels(path)
+        return [Target(k.repo_id, revision=k.commit, version=k.version, backend=backend or k.backend)
+                for k in kernels]
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

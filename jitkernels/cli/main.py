@@ -95,7 +95,8 @@ def _add_warmup(sub) -> None:
     p = sub.add_parser("warmup", help="fetch and prepare (compile) kernels ahead of use, several at once")
     p.add_argument("names", nargs="*", help="kernel names (or none, with --from)")
     p.add_argument("--from", dest="from_file", default=None, metavar="FILE",
-                   help="kernels.lock (upstream), jitkernels.lock, or a list: one `name[@revision]` per line")
+                   help="kernels.lock (upstream), jitkernels.lock, a list (one `name[@revision]` per line), or a "
+                        "project folder (`.`: its kernels.lock, else pyproject.toml [tool.kernels.dependencies])")
     p.add_argument("-j", "--jobs", type=int, default=None,
                    help="kernels prepared at once (default: up to 4); each build also uses MAX_JOBS compilers")
     _add_target_args(p)
@@ -255,23 +256,40 @@ def cmd_export(args) -> int:
 
 def _add_lock(sub) -> None:
     p = sub.add_parser("lock", help="pin kernels to commits and record the sha256 of every source file")
-    p.add_argument("names", nargs="+")
+    p.add_argument("names", nargs="+", help="kernel names, or a project folder (`.`): its pyproject.toml "
+                                            "[tool.kernels.dependencies], as `kernels lock` reads it")
     _add_target_args(p)
-    p.add_argument("-o", "--output", default="jitkernels.lock", help="lock file to write (jitkernels.lock)")
+    p.add_argument("-o", "--output", default=None,
+                   help="lock file to write (default: jitkernels.lock; for one project folder, in that folder)")
     _add_json(p)
     p.set_defaults(func=cmd_lock)
 
 
 def cmd_lock(args) -> int:
-    from ..pipeline import lock_entry
-    from ..upstream.lockfiles import write_lock
+    from pathlib import Path
 
+    from ..pipeline import lock_entry
+    from ..upstream.lockfiles import project_dependencies, write_lock
+
+    targets, projects = [], []
+    for name in args.names:
+        if Path(name).is_dir():  # a project folder, as upstream `kernels lock <project>` takes it
+            if args.revision is not None or args.version is not None:
+                return _usage_error(args, f"{name} is a project folder: its pyproject.toml gives each kernel's "
+                                          f"version; drop --revision/--version")
+            projects.append(Path(name))
+            targets += [(repo_id, None, version) for repo_id, version in project_dependencies(name).items()]
+        else:
+            targets.append((name, args.revision, args.version))
+    output = args.output or (projects[0] / "jitkernels.lock" if len(projects) == 1 and len(args.names) == 1
+                             else "jitkernels.lock")
     entries = []
-    for index, name in enumerate(args.names, 1):
-        entry = lock_entry(args.provider, name, revision=args.revision, version=args.version, backend=args.backend)
-        _say(f"[{index}/{len(args.names)}] {entry['dependency']['repo-id']}: {entry['lock']['commit'][:12]}, "
+    for index, (name, revision, version) in enumerate(targets, 1):
+        entry = lock_entry(args.provider, name, revision=revision, version=version, backend=args.backend)
+        _say(f"[{index}/{len(targets)}] {entry['dependency']['repo-id']}: {entry['lock']['commit'][:12]}, "
              f"{len(entry['jitkernels']['files'])} files")
         entries.append(entry)
+    args.output = str(output)
     write_lock(args.output, entries)
     if args.json:
         _print_json({"output": str(args.output), "kernels": [
@@ -425,7 +443,7 @@ def cmd_cache(args) -> int:
         _print_json([e.to_dict() for e in infos])
     elif action == "info":
         for e in infos:
-            print("\n".join(f"{k:<9} {v}" for k, v in e.to_dict().items()) + "\n")
+            print(tables.entry_info(e) + "\n")
     else:
         tables.print_entries(infos)
     return 0
