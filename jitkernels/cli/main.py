@@ -1,5 +1,5 @@
 """The ``jitkernels`` command: ``inspect``, ``warmup``, ``build``, ``export``, ``lock``, ``verify``, ``doctor``,
-``demo``, ``cache [list|info|prune|clear]``.
+``test``, ``demo``, ``cache [list|info|prune|clear]``.
 
 Every command takes ``--json``: its result is then one JSON document on
 stdout, and an error is a JSON object too (``{"error": {"type", "message",
@@ -350,6 +350,69 @@ def cmd_doctor(args) -> int:
     return 1 if args.name is not None and data["kernel"]["would"] == "fail" else 0
 
 
+# -- test ------------------------------------------------------------------------------------------
+
+def _add_test(sub) -> None:
+    p = sub.add_parser("test", help="run a kernel's own tests/ against its JIT build (its source tree)",
+                       description="Build (or reuse) the kernel from its source tree, make it importable by its "
+                                   "package name and through a patched kernels.get_kernel, and run pytest on its "
+                                   "tests/ folder. Arguments after NAME (or after --) go to pytest.")
+    p.add_argument("name", help="a kernel source tree (folder with build.toml), or a name LOCAL_KERNELS maps")
+    p.add_argument("--backend", default=None, help="build for this backend (default: this machine's)")
+    p.add_argument("--time-box", type=float, default=None, metavar="SECONDS",
+                   help="start no test after this many seconds (a time-boxed subset)")
+    _add_json(p)
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest (-k EXPR, -x, tests/test_x.py...)")
+    p.set_defaults(func=cmd_test)
+
+
+def _own_test_options(args, rest: list[str]) -> list[str] | None:
+    """``jitkernels test NAME --time-box 60 -k fwd``: our options may follow NAME (argparse's REMAINDER
+    takes them all); they are taken out of the pytest arguments up to a ``--``, after which all is pytest's."""
+    out = []
+    while rest:
+        token = rest.pop(0)
+        if token == "--":
+            return out + rest
+        key, eq, value = token.partition("=")
+        if key == "--json" and not eq:
+            args.json = True
+        elif key in ("--backend", "--time-box"):
+            if not eq:
+                if not rest:
+                    return None
+                value = rest.pop(0)
+            if key == "--backend":
+                args.backend = value
+            else:
+                try:
+                    args.time_box = float(value)
+                except ValueError:
+                    return None
+        else:
+            out.append(token)
+    return out
+
+
+def cmd_test(args) -> int:
+    from . import kernel_tests
+
+    pytest_args = _own_test_options(args, list(args.pytest_args))
+    if pytest_args is None:
+        return _usage_error(args, "--backend needs a value and --time-box a number of seconds")
+    if args.time_box is not None and args.time_box <= 0:
+        return _usage_error(args, "--time-box must be a positive number of seconds")
+    if args.json:
+        with contextlib.redirect_stdout(sys.stderr):  # pytest's report goes to stderr, the summary to stdout
+            code, summary = kernel_tests.run(args.name, pytest_args, backend=args.backend, time_box=args.time_box,
+                                             say=_say)
+        _print_json(summary)
+    else:
+        code, summary = kernel_tests.run(args.name, pytest_args, backend=args.backend, time_box=args.time_box,
+                                         say=_say)
+    return code
+
+
 # -- demo ------------------------------------------------------------------------------------------
 
 def _add_demo(sub) -> None:
@@ -452,8 +515,8 @@ def cmd_cache(args) -> int:
 # -- the program -----------------------------------------------------------------------------------
 
 #: One entry per command, in the order ``--help`` lists them.
-COMMANDS = (_add_inspect, _add_warmup, _add_build, _add_export, _add_lock, _add_verify, _add_doctor, _add_demo,
-            _add_cache)
+COMMANDS = (_add_inspect, _add_warmup, _add_build, _add_export, _add_lock, _add_verify, _add_doctor, _add_test,
+            _add_demo, _add_cache)
 
 
 class _Parser(argparse.ArgumentParser):
