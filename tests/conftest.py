@@ -22,6 +22,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "kernels"
+#: A fixture kernel's own tests/ run against its build (`jitkernels test`, tests/test_kernel_tests.py), not here.
+collect_ignore_glob = ["fixtures/*"]
 EXAMPLES = ROOT / "jitkernels" / "examples" / "kernels"
 sys.path.insert(0, str(ROOT / "tests"))
 
