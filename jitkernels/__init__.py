@@ -83,23 +83,40 @@ def __getattr__(name: str):
 
 
 def load(provider, name: str, *, revision: str | None = None, version: int | None = None,
-         backend: str | None = None, trust_remote_code: bool | list[str] = False):
+         backend: str | None = None, trust_remote_code: bool | list[str] = False,
+         alias: str | bool | None = None):
     """Load kernel ``name`` of ``provider`` and return its Python module.
 
     ``revision`` is a branch, tag or commit; ``version=N`` means the newest
     commit of branch ``vN``; ``backend`` defaults to this machine's
     (``cuda`` if a GPU is visible, else ``cpu``). Python kernels are imported
     from source, native ones compiled on first use and cached.
+
+    ``alias="flash_attn2"`` (or ``True``: the kernel's own package name) also makes it
+    importable by that name, submodules included, as the same module objects
+    (``from flash_attn2.flash_attn_interface import ...``): what a kernel's test suite does.
     """
     from . import warm  # a prepared kernel that needs no resolution: one index read, one import
 
     module = warm.try_load(provider, name, revision, backend, trust_remote_code=trust_remote_code, version=version)
-    if module is not None:
-        return module
-    from .pipeline import load_kernel
+    if module is None:
+        from .pipeline import load_kernel
 
-    return load_kernel(provider, name, revision=revision, version=version, backend=backend,
-                       trust_remote_code=trust_remote_code)
+        module = load_kernel(provider, name, revision=revision, version=version, backend=backend,
+                             trust_remote_code=trust_remote_code)
+    return _aliased(module, alias)
+
+
+def _aliased(module, alias):
+    if alias is None or alias is False:
+        return module
+    from .importer import alias as make_alias
+
+    if alias is True:  # the kernel's own package name: the folder its __init__.py is in
+        from pathlib import Path
+
+        alias = Path(module.__file__).parent.name
+    return make_alias(module, alias)
 
 
 def has(provider, name: str, *, revision: str | None = None, version: int | None = None,
@@ -128,16 +145,17 @@ def inspect(provider, name: str, *, revision: str | None = None, version: int | 
                           trust_remote_code=trust_remote_code)
 
 
-def load_local(path, *, backend: str | None = None, name: str | None = None):
-    """Load a kernel from a local source tree, a folder with ``build/``, or one build variant."""
+def load_local(path, *, backend: str | None = None, name: str | None = None, alias: str | bool | None = None):
+    """Load a kernel from a local source tree, a folder with ``build/``, or one build variant
+    (``alias``: as for :func:`load`)."""
     from . import warm  # unchanged since it was prepared: one stat per file, one import
 
     module = warm.try_load_local(str(path), backend) if isinstance(path, str) or hasattr(path, "__fspath__") else None
-    if module is not None:
-        return module
-    from .pipeline import load_local_path
+    if module is None:
+        from .pipeline import load_local_path
 
-    return load_local_path(path, backend=backend, name=name)
+        module = load_local_path(path, backend=backend, name=name)
+    return _aliased(module, alias)
 
 
 def inspect_local(path, *, backend: str | None = None, name: str | None = None):

@@ -63,6 +63,12 @@ def read_targets(path: Path, backend: str | None = None) -> list[Target]:
     from .upstream.lockfiles import read_capped
 
     path = Path(path)
+    if path.is_dir():  # a project folder, as `kernels download <project>` takes it
+        from .upstream.lockfiles import project_kernels
+
+        kernels, _where = project_kernels(path)
+        return [Target(k.repo_id, revision=k.commit, version=k.version, backend=backend or k.backend)
+                for k in kernels]
     try:
         text = read_capped(path, "warmup --from file").decode("utf-8")
     except UnicodeDecodeError as exc:

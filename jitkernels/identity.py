@@ -101,5 +101,11 @@ def parse_local_kernels(spec: str) -> dict[str, Path]:
                 f"LOCAL_KERNELS entry {item!r} is not 'org/name=/path'. "
                 f"Format: LOCAL_KERNELS=\"org/name=/path:org2/name2=/path2\"."
             )
-        mapping[repo_id.strip()] = Path(path.strip()).expanduser()
+        repo_id = repo_id.strip()
+        if "/" not in repo_id:  # upstream matches org/name only: this entry would serve nothing, silently
+            from .log import warning_once
+
+            warning_once(f"LOCAL_KERNELS entry {item!r} names no organisation, so it matches no kernel: "
+                         f"write 'kernels-community/{repo_id}={path.strip()}' (the format is org/name=/path).")
+        mapping[repo_id] = Path(path.strip()).expanduser()
     return mapping

@@ -1,12 +1,16 @@
 """A kernel's package folder -> a Python module, once per process whatever name it is asked by.
 
-Stdlib only: the warm path's last step.
+Stdlib only: the warm path's last step. :func:`alias` makes a loaded kernel
+importable under its own package name (what its test suite imports).
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
 
@@ -62,3 +66,85 @@ def import_package(module_name: str, package_dir: Path, what: str) -> ModuleType
         raise
     _BY_PACKAGE[str(init)] = module
     return module
+
+
+# -- a kernel under another name ------------------------------------------------------------------
+
+#: alias (a top-level module name) -> the name the kernel's package was imported under
+_ALIASES: dict[str, str] = {}
+_ALIAS_LOCK = threading.Lock()
+
+
+class _AliasLoader(importlib.abc.Loader):
+    """``alias.sub``: the kernel's own ``<real name>.sub``, imported once under its real name."""
+
+    def __init__(self, real_name: str):
+        self.real_name = real_name
+
+    def create_module(self, spec):
+        return None  # a placeholder; exec_module puts the real module in its place
+
+    def exec_module(self, module: ModuleType) -> None:
+        real = importlib.import_module(self.real_name)
+        sys.modules[module.__spec__.name] = real  # what the import statement returns
+
+
+class _AliasFinder:
+    """On ``sys.meta_path``: ``<alias>.<anything>`` is the same module under the kernel's real name."""
+
+    @staticmethod
+    def find_spec(fullname, path=None, target=None):
+        head, dot, rest = fullname.partition(".")
+        real = _ALIASES.get(head) if dot else None
+        if real is None:
+            return None
+        return importlib.machinery.ModuleSpec(fullname, _AliasLoader(f"{real}.{rest}"))
+
+    @staticmethod
+    def invalidate_caches() -> None:
+        pass
+
+
+def alias(module: ModuleType, name: str) -> ModuleType:
+    """Make a loaded kernel importable as ``name`` (``import flash_attn2``,
+    ``from flash_attn2.flash_attn_interface import ...``), its package and every submodule being
+    the very module objects already loaded, never a second execution of their files.
+
+    Binding ``sys.modules[name]`` alone is not enough: ``import name.sub`` would then execute
+    ``sub.py`` again under a second name, and a second ``torch.library.custom_op`` definition
+    replaces the first (every later call through the first module fails). Submodules already
+    imported are registered under ``name`` now; later ones through a finder on ``sys.meta_path``.
+    A name that is already another module of this process is refused.
+    """
+    from .errors import KernelImportError
+
+    real = module.__name__
+    if not name.isidentifier():
+        raise KernelImportError(f"alias {name!r}: not a Python module name (letters, digits, _).")
+    if name == real:
+        return module
+    with _ALIAS_LOCK:
+        existing = sys.modules.get(name)
+        if existing is not None and existing is not module:
+            where = getattr(existing, "__file__", None) or "built in"
+            raise KernelImportError(
+                f"alias {name!r}: that name is already a different module in this process ({where}); "
+                f"{real} cannot be imported under it too. Use another alias, or a fresh process."
+            )
+        previous = _ALIASES.get(name)
+        if previous is not None and previous != real:  # pragma: no cover - guarded by the check above
+            raise KernelImportError(f"alias {name!r} already names {previous}.")
+        sys.modules[name] = module
+        prefix = real + "."
+        for loaded, sub in list(sys.modules.items()):
+            if loaded.startswith(prefix) and sub is not None:
+                sys.modules.setdefault(name + "." + loaded[len(prefix):], sub)
+        _ALIASES[name] = real
+        if _AliasFinder not in sys.meta_path:
+            sys.meta_path.insert(0, _AliasFinder)
+    return module
+
+
+def aliases() -> dict[str, str]:
+    """alias -> the real module name, for every :func:`alias` made in this process."""
+    return dict(_ALIASES)

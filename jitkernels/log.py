@@ -13,6 +13,16 @@ application configures a handler of its own.
 number) sets the ``jitkernels`` logger's level in every case; unset, it is
 INFO while JitKernels' own handler is in use (``DEBUG`` with
 ``JITKERNELS_VERBOSE=1``), and the application's choice otherwise.
+
+Build progress and the compiling/built lines are different: they are what a
+progress bar would show, so :func:`show` makes them reach the user whatever
+logging the application configured. Through the application's logging when
+that prints them (once, in its format); otherwise straight to stderr (once).
+This matters because upstream ``kernels.kernelize`` calls the root
+``logging.info()``, which runs ``logging.basicConfig()``: from then on a
+root handler exists, at the root's WARNING, and INFO lines sent through
+logging would vanish. ``JITKERNELS_LOG_LEVEL`` above INFO, or a level the
+application set on the ``jitkernels`` loggers, still silences them.
 """
 
 from __future__ import annotations
@@ -79,15 +89,19 @@ class _FallbackHandler(logging.Handler):
 
 
 _HANDLER: _FallbackHandler | None = None
+#: The level setup() put on the ``jitkernels`` logger while its handler is in use (None: it set none).
+_OUR_LEVEL: int | None = None
 
 
 def _retire(handler: _FallbackHandler) -> None:
-    global _HANDLER
+    global _HANDLER, _OUR_LEVEL
     logger.removeHandler(handler)
-    if handler.set_level and level_from_env() is None:
+    # hand the level back only if it is still ours: an application (the demo) may have set its own since
+    if handler.set_level and level_from_env() is None and logger.level == _OUR_LEVEL:
         logger.setLevel(logging.NOTSET)
     if _HANDLER is handler:
         _HANDLER = None
+        _OUR_LEVEL = None
 
 
 def setup() -> None:
@@ -95,7 +109,7 @@ def setup() -> None:
 
     Cheap and idempotent: called before progress lines and once-only messages.
     """
-    global _HANDLER
+    global _HANDLER, _OUR_LEVEL
     level = level_from_env()
     if level is not None and logger.level != level:
         logger.setLevel(level)
@@ -107,8 +121,74 @@ def setup() -> None:
     handler = _FallbackHandler(set_level=level is None)
     if level is None:
         logger.setLevel(default)
+        _OUR_LEVEL = default
     logger.addHandler(handler)
     _HANDLER = handler
+
+
+def _level_set_by_others(target: logging.Logger) -> int | None:
+    """The first level set on ``target`` or an ancestor that is not the one setup() put on ``jitkernels``."""
+    current: logging.Logger | None = target
+    while current is not None:
+        ours = current is logger and _HANDLER is not None and current.level == _OUR_LEVEL
+        if current.level != logging.NOTSET and not ours:
+            return current.level
+        current = current.parent  # type: ignore[assignment]
+    return None
+
+
+def _application_prints(target: logging.Logger, level: int) -> bool:
+    """Would the application's own logging print a ``level`` record of ``target`` (ours left out)?"""
+    effective = _level_set_by_others(target)
+    if effective is not None and level < effective:
+        return False
+    current: logging.Logger | None = target
+    while current is not None:
+        if any(h is not _HANDLER and level >= h.level for h in current.handlers):
+            return True
+        if not current.propagate:
+            return False
+        current = current.parent  # type: ignore[assignment]
+    return False
+
+
+def _jitkernels_threshold(target: logging.Logger) -> int | None:
+    """``JITKERNELS_LOG_LEVEL``, else a level set on ``target`` up to the ``jitkernels`` logger by someone else."""
+    level = level_from_env()
+    if level is not None:
+        return level
+    current: logging.Logger | None = target
+    while current is not None and (current is logger or current.name.startswith("jitkernels.")):
+        ours = current is logger and _HANDLER is not None and current.level == _OUR_LEVEL
+        if current.level != logging.NOTSET and not ours:
+            return current.level
+        current = current.parent  # type: ignore[assignment]
+    return None
+
+
+def show(target: logging.Logger, text: str, level: int = logging.INFO, direct: bool = True) -> None:
+    """A line the user must see (build progress, compiling/built), once, whatever logging is configured.
+
+    Sent through logging when the application's configuration prints it (its format, its
+    destination); otherwise written to stderr (``direct=False``: then not at all, for lines
+    that are shown only where the application asked for logs). ``JITKERNELS_LOG_LEVEL``
+    above ``level``, or such a level set on the ``jitkernels`` loggers by the application,
+    silences it.
+    """
+    setup()
+    threshold = _jitkernels_threshold(target)
+    if threshold is not None and level < threshold:
+        return
+    if _application_prints(target, level):
+        target.log(level, text)  # our own handler, if still there, retires on it: printed once
+    elif direct:
+        stream = sys.stderr
+        if stream is not None:
+            try:
+                stream.write(text + "\n")
+                stream.flush()
+            except (OSError, ValueError):  # pragma: no cover - stderr closed
+                pass
 
 
 def _once(level: int, message: str) -> None:

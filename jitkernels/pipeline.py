@@ -85,6 +85,20 @@ def _toolchain(backend: str) -> Toolchain:
 # -- resolution -----------------------------------------------------------------------------------
 
 def _resolve(provider, ref: KernelRef, revision: str | None, trust_remote_code) -> Snapshot:
+    try:
+        return _resolve_spellings(provider, ref, revision, trust_remote_code)
+    except RevisionNotFoundError:
+        raise
+    except (KernelNotFoundError, FetchError) as exc:  # a typo looks like this too: name the close kernels we know
+        from .suggest import close_names
+
+        hint = close_names(ref.repo_id)
+        if hint and exc.args and isinstance(exc.args[0], str):
+            exc.args = (exc.args[0] + hint, *exc.args[1:])
+        raise
+
+
+def _resolve_spellings(provider, ref: KernelRef, revision: str | None, trust_remote_code) -> Snapshot:
     offline = config.hf_offline()
     try:
         return provider.resolve(ref, revision, offline=offline, trust_remote_code=trust_remote_code)

@@ -15,16 +15,20 @@ How it is shown depends on where the process runs (decided per task):
 * a terminal (stderr is a TTY): a tqdm bar on stderr, its elapsed time ticking;
 * a Jupyter notebook: a tqdm notebook widget (``tqdm.notebook``, if ipywidgets is
   installed, else a tqdm bar in the cell's stderr);
-* anything else (CI, ``docker logs``, a service): plain lines through the
-  ``jitkernels.progress`` logger at INFO, the first when the work starts, then
-  at most one every ``JITKERNELS_PROGRESS_INTERVAL`` seconds (default 5), and a
-  last one when it ends. :mod:`jitkernels.log` makes sure INFO lines are seen
-  when the application configured no logging.
+* anything else (CI, ``docker logs``, a service): plain lines, the first when
+  the work starts, then at most one every ``JITKERNELS_PROGRESS_INTERVAL``
+  seconds (default 5), and a last one when it ends. They go through the
+  ``jitkernels.progress`` logger at INFO where the application's logging prints
+  that, else straight to stderr (:func:`jitkernels.log.show`): seen once, whatever
+  logging the application or a library (upstream ``kernelize``) configured.
 
 Counts show ``N/M``, the elapsed time and, once ``eta_after`` steps are done, an
 estimate of the time left (tqdm's formatting). A task opened with ``delay``
 shows nothing unless it is still running after that many seconds (fetches of a
 few small files stay quiet).
+
+:func:`say` is for one-off lines of the same kind (``jitkernels: compiling ...``,
+``jitkernels: built ... in 12.3s``): shown as progress is, only logged when it is silenced.
 
 Silenced by ``JITKERNELS_PROGRESS=0``, by huggingface_hub's
 ``HF_HUB_DISABLE_PROGRESS_BARS=1`` (or its ``disable_progress_bars()``), or by
@@ -49,7 +53,7 @@ from contextlib import contextmanager
 
 from . import config
 
-__all__ = ["task", "Task", "combined", "enabled", "set_enabled", "interval", "display_mode", "hub_tqdm_class"]
+__all__ = ["task", "say", "Task", "combined", "enabled", "set_enabled", "interval", "display_mode", "hub_tqdm_class"]
 
 #: Logger of the plain progress lines (a child of ``jitkernels``).
 logger = logging.getLogger("jitkernels.progress")
@@ -234,11 +238,10 @@ class Task:
                 bar.refresh()
 
     def _emit(self, text: str) -> None:
-        from .log import setup
+        from .log import show
 
-        setup()
         self._shown = True
-        logger.info(text)
+        show(logger, text)
 
     def _ensure_bar(self):
         if self._bar is None:
@@ -302,6 +305,14 @@ class Task:
         with self._lock:
             self.detail = f"{child._label or child.description}: {child.description.removeprefix('jitkernels: ')} {state}"
             self._refresh()
+
+
+def say(target: logging.Logger, text: str) -> None:
+    """A one-off line about long work (compiling, built): shown like progress; when progress is
+    silenced, only logged where the application's logging prints it."""
+    from .log import show
+
+    show(target, text, direct=enabled())
 
 
 def task(description: str, total: int | None = None, unit: str | None = "item", *, eta_after: int | None = 1,

@@ -22,6 +22,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "kernels"
+#: A fixture kernel's own tests/ run against its build (`jitkernels test`, tests/test_kernel_tests.py), not here.
+collect_ignore_glob = ["fixtures/*"]
 EXAMPLES = ROOT / "jitkernels" / "examples" / "kernels"
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -133,6 +135,9 @@ def hub(tmp_path_factory):
     )
     for name in ("cutlass-gemm", "bad-toml", "missing-src"):
         server.add_repo(f"kernels-test/{name}", {"main": tree(FIXTURES / name)})
+    # transformers asks for version 1 of an attn_implementation="<org>/<name>" kernel
+    server.add_repo("kernels-test/attn-interface", {"main": tree(FIXTURES / "attn-interface"),
+                                                    "v1": tree(FIXTURES / "attn-interface")})
     server.add_repo("some-user/rms-norm", {"main": tree(EXAMPLES / "rms-norm")})
     for org in ("kernels-community", "jitkernels-examples", "kernels-test"):
         server.set_org(org, trusted=True)

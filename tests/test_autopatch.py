@@ -133,8 +133,12 @@ def test_real_install_puts_the_pth_into_site_packages(online, tmp_path, editable
     parent_site = next(p for p in sys.path if p.endswith("site-packages") and Path(p, "torch").is_dir())
     (site_packages / "000-parent.pth").write_text(parent_site + "\n")
     work = tmp_path / "src"
-    shutil.copytree(ROOT, work, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__",
-                                                                 ".pytest_cache", "tests"))
+    skip = shutil.ignore_patterns(".venv*", ".git", "*.egg-info", "__pycache__", ".pytest_cache", "tests")
+
+    def ignore(folder, names):  # setuptools' build/ at the root, never the jitkernels.build package
+        return set(skip(folder, names)) | ({"build"} if Path(folder) == ROOT else set())
+
+    shutil.copytree(ROOT, work, ignore=ignore)
     cmd = [str(py), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q"]
     cmd += ["-e", str(work)] if editable else [str(work)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)

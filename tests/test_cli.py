@@ -8,6 +8,8 @@ import sys
 import threading
 
 
+import pytest
+
 import jitkernels
 from jitkernels import batch as bulk_warmup
 from jitkernels.cli.main import COMMANDS, build_parser, main
@@ -271,3 +273,21 @@ def test_warmup_from_a_file_that_is_not_text_is_a_clear_json_error(tmp_path, cap
     assert main(["warmup", "--from", str(bad), "--json"]) == 1
     error = json.loads(capsys.readouterr().out)["error"]
     assert error["type"] == "LockfileError" and "not UTF-8" in error["message"]
+
+
+@pytest.mark.slow
+def test_demo_shows_the_build_and_no_numpy_warning(tmp_path):
+    # a newcomer's venv: `pip install torch jitkernels` has no NumPy; the build's lines are on stderr
+    code = ("import sys; sys.modules['numpy'] = None\n"
+            "from jitkernels.cli.main import main\n"
+            "sys.exit(main(['demo']))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                         env=child_env(TMPDIR=tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines()[0].startswith("Local Hub at http://127.0.0.1:")
+    assert "NumPy" not in out.stdout + out.stderr
+    stderr = out.stderr.splitlines()
+    assert len([l for l in stderr if l.startswith("jitkernels: compiling jitkernels-examples/scaled-add")]) == 1
+    assert len([l for l in stderr if l.startswith("jitkernels: built _scaled_add_cpu_")]) == 1
+    assert stderr[0].startswith("jitkernels: ")  # nothing before JitKernels' own lines
+    assert out.stdout.splitlines()[-1] == "demo passed"

@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "jitkernels"
 
 #: Bottom to top. A name ending in ".*" covers a package's modules; a bare package name is its __init__.
 LAYERS = [
-    ("foundation", ["errors", "config", "log", "progress", "identity", "trust", "importer",
+    ("foundation", ["errors", "config", "log", "progress", "identity", "trust", "importer", "suggest",
                     "cache.layout", "cache.files", "machine", "upstream.lockfiles",
                     "cache", "plan", "build", "build.native", "upstream", "testing"]),
     ("cache", ["cache.manifest", "cache.locks", "cache.workspaces", "cache.index", "cache.remote",
@@ -29,7 +29,7 @@ LAYERS = [
               "plan.planner"]),
     ("build", ["build.toolchain", "build.python", "build.native.*"]),
     ("pipeline", ["pipeline", "batch"]),
-    ("entry points", ["hub", "hub._pins", "upstream.errors", "upstream.patching", "upstream.autopatch",
+    ("entry points", ["hub", "hub._pins", "upstream.errors", "upstream.seam", "upstream.patching", "upstream.autopatch",
                       "upstream.export", "cli", "cli.*", "testing.*", "__init__", "__main__"]),
 ]
 #: Packages whose __init__ only documents the package (importing one of its modules runs it).

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
+import re
 import sys
 import threading
 from pathlib import Path
@@ -20,7 +22,7 @@ import torch
 kernels = pytest.importorskip("kernels")
 
 import jitkernels  # noqa: E402
-from jitkernels.upstream import patching  # noqa: E402
+from jitkernels.upstream import patching, seam  # noqa: E402
 from jitkernels.errors import InvalidKernelNameError, LockfileError, PatchError  # noqa: E402
 
 from conftest import EXAMPLES, run_python  # noqa: E402
@@ -29,16 +31,15 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 RMS = "jitkernels-examples/rms-norm"
 
 
+TARGETS = seam.targets(kernels)  # upstream's loader objects, found from the public API of this release
+
+
 def _bindings() -> dict:
-    out = {}
-    for module_name, names in patching.PATCHED_BINDINGS.items():
-        module = sys.modules[module_name]
-        for name in names:
-            out[(module_name, name)] = module.__dict__[name]
-    return out
+    """(module name, attribute) -> object, for every attribute that held one of upstream's loaders at import."""
+    return {key: sys.modules[key[0]].__dict__[key[1]] for key in ORIGINALS}
 
 
-ORIGINALS = _bindings()  # kernels is imported above, never patched at collection time
+ORIGINALS = {(m.__name__, a): o for m, a, o in seam.bindings(TARGETS.values())}  # never patched at collection
 
 
 @pytest.fixture(autouse=True)
@@ -53,6 +54,11 @@ def _assert_originals():
     now = _bindings()
     for key, original in ORIGINALS.items():
         assert now[key] is original, key
+
+
+def _upstream_listed_variants(hub, repo_id: str = "") -> list[str]:
+    """The requests only upstream's loader makes: listing a revision's build/ variants (by branch in 0.17, by commit later)."""
+    return [p for m, p in hub.requests if re.search(rf"/api/kernels/{repo_id}.*/tree/[^/]+/build\\?", p)]
 
 
 def _rms_ref(x, w, eps=1e-6):
@@ -80,15 +86,15 @@ def test_get_kernel_call_site_gets_jitkernels_then_upstream_again(online):
     assert get_kernel(RMS, revision="main") is k
     assert kernels.has_kernel(RMS, revision="main") is True
     assert kernels.has_kernel("jitkernels-examples/no-such-kernel", revision="main") is False
-    assert not [p for m, p in online.requests if "/tree/main/build" in p]  # upstream never ran
+    assert not _upstream_listed_variants(online)  # upstream never ran
 
     jitkernels.unpatch()
     _assert_originals()
-    assert kernels.get_kernel is ORIGINALS[("kernels", "get_kernel")]
+    assert kernels.get_kernel is TARGETS["get_kernel"]
     online.clear_log()
     with pytest.raises(OSError, match="build"):  # upstream: a source-only repo has no build/ variants
         kernels.get_kernel(RMS, revision="main")
-    assert [p for m, p in online.requests if "/api/kernels/jitkernels-examples/rms-norm/tree/main/build" in p]
+    assert _upstream_listed_variants(online, "jitkernels-examples/rms-norm")
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
@@ -190,11 +196,16 @@ def test_kernelize_layer_repository_resolves_through_jitkernels(online):
     jitkernels.patch()
     model = _kernelize_with(LayerRepository(RMS, layer_name="RMSNorm", revision="main"))
     _assert_uses_kernel(model, jitkernels.load("hf", RMS, revision="main"))
-    # version=N: no upstream Hub request to resolve it; JitKernels resolves branch vN when loading
+    # version=N: JitKernels resolves branch vN when loading. kernels 0.17 resolved it itself first,
+    # with a Hub request of its own (_resolve_revision): under patch() that makes none.
     online.clear_log()
     repo = LayerRepository("kernels-community/triton-layer-norm", layer_name="LayerNorm", version=1)
-    assert repo._resolve_revision() == "v1"
-    assert online.requests == []
+    if hasattr(repo, "_resolve_revision"):
+        assert repo._resolve_revision() == "v1"
+        assert online.requests == []
+    if HAS_TRITON:
+        expected = jitkernels.load("hf", "triton-layer-norm", version=1, backend="cpu").layers.LayerNorm
+        assert repo.load() is expected
 
 
 def test_kernelize_locked_and_local_layer_repositories(online, tmp_path):
@@ -217,7 +228,7 @@ def test_kernelize_after_unpatch_runs_upstream(online):
     online.clear_log()
     with pytest.raises(OSError):
         _kernelize_with(LayerRepository(RMS, layer_name="RMSNorm", revision="main"))
-    assert [p for m, p in online.requests if "/tree/main/build" in p]
+    assert _upstream_listed_variants(online)
 
 
 # -- patch() itself ---------------------------------------------------------------------------------
@@ -247,7 +258,7 @@ def test_context_manager_and_decorator():
 
     @jitkernels.patch()
     def inside():
-        return patching.is_patched(), kernels.get_kernel is not ORIGINALS[("kernels", "get_kernel")]
+        return patching.is_patched(), kernels.get_kernel is not TARGETS["get_kernel"]
 
     assert not patching.is_patched()  # decorating does not patch
     assert inside() == (True, True)
@@ -261,7 +272,7 @@ def test_patch_and_unpatch_from_many_threads():
     def worker(i):
         try:
             barrier.wait()
-            for j in range(40):
+            for j in range(10):
                 (jitkernels.patch if (i + j) % 2 else jitkernels.unpatch)()
         except BaseException as exc:  # pragma: no cover
             errors.append(exc)
@@ -302,12 +313,12 @@ def test_patch_before_kernels_is_imported(online):
         "jitkernels.patch()\n"
         "print('early', 'kernels' in sys.modules, 'torch' in sys.modules)\n"
         "import kernels\n"
-        "from kernels.layer.layer import get_kernel\n"
+        "layer_module = sys.modules[kernels.LayerRepository.__module__]\n"
+        "get_kernel = layer_module.get_kernel\n"
         f"k = kernels.get_kernel({RMS!r}, revision='main')\n"
         "print('late', type(kernels.get_kernel).__name__, type(get_kernel).__name__, k.__file__)\n"
         "jitkernels.unpatch()\n"
-        "import kernels.load\n"
-        "print('restored', kernels.get_kernel is kernels.load.__dict__['get_kernel'], type(kernels.get_kernel).__name__)\n"
+        "print('restored', kernels.get_kernel is layer_module.get_kernel, type(kernels.get_kernel).__name__)\n"
     )
     out = run_python(code, timeout=180, HF_ENDPOINT=online.endpoint)
     assert out.returncode == 0, out.stderr
@@ -329,3 +340,107 @@ def test_unpatch_before_import_leaves_kernels_alone(online):
     out = run_python(code, timeout=180, HF_ENDPOINT=online.endpoint)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "function"
+
+
+# -- redirected by identity, wherever upstream's functions are bound ------------------------------------
+
+
+def _module(monkeypatch, name: str, code: str):
+    """A module named ``name`` made of ``code``, in sys.modules for this test only."""
+    import types
+
+    module = types.ModuleType(name)
+    exec(code, module.__dict__)
+    monkeypatch.setitem(sys.modules, name, module)
+    return module
+
+
+def test_any_module_holding_a_loader_is_redirected_and_restored(online, monkeypatch):
+    # a library that imported upstream's function under its own name before patch(), and a module at a path
+    # upstream may use in its next release (0.19 moved everything under kernels._internals)
+    before = _module(monkeypatch, "jk_test_thirdparty", "from kernels import get_kernel as fetch_kernel, has_kernel")
+    moved = _module(monkeypatch, "kernels._jk_test_next_layout", "from kernels import get_kernel as load_layer_kernel")
+    jitkernels.patch()
+    k = jitkernels.load("hf", RMS, revision="main")
+    assert before.fetch_kernel(RMS, revision="main") is k
+    assert moved.load_layer_kernel(RMS, revision="main") is k
+    assert before.has_kernel("jitkernels-examples/no-such-kernel", revision="main") is False
+    assert ("jk_test_thirdparty", "fetch_kernel") in patching.patched_bindings()
+    during = _module(monkeypatch, "jk_test_during", "from kernels import get_kernel")  # imported while patched
+    assert during.get_kernel(RMS, revision="main") is k
+    jitkernels.unpatch()
+    assert before.fetch_kernel is TARGETS["get_kernel"] and moved.load_layer_kernel is TARGETS["get_kernel"]
+    assert during.get_kernel is TARGETS["get_kernel"]  # found again by identity, not from a record
+    assert before.has_kernel is TARGETS["has_kernel"]
+    assert patching.patched_bindings() == {}
+
+
+def test_selfcheck_reaches_jitkernels_from_every_entry_point():
+    import logging
+
+    jitkernels.patch()
+    root_handlers = list(logging.getLogger().handlers)
+    results = patching.selfcheck()
+    expected = {f"kernels.{name}" for name in seam.PUBLIC_LOADERS} | {
+        "LayerRepository.load", "LocalLayerRepository.load", "LockedLayerRepository.load",
+        "FuncRepository.load", "LockedFuncRepository.load", "kernels.kernelize"}
+    assert expected <= set(results), sorted(results)
+    assert all(results.values()), results
+    assert logging.getLogger().handlers == root_handlers  # kernelize's logging.info installed nothing
+    # a call site put back behind patch()'s back: the self-check says so
+    layer_module = sys.modules[kernels.LayerRepository.__module__]
+    wrapper = layer_module.get_kernel
+    layer_module.get_kernel = TARGETS["get_kernel"]
+    try:
+        results = patching.selfcheck()
+    finally:
+        layer_module.get_kernel = wrapper
+    assert results["LayerRepository.load"] is False and results["kernels.kernelize"] is False
+    assert results["kernels.get_kernel"] is True
+    jitkernels.unpatch()
+    with pytest.raises(PatchError, match="patch\\(\\) first"):
+        patching.selfcheck()
+
+
+def test_patch_names_a_call_site_no_swap_can_reach(monkeypatch, caplog):
+    from jitkernels import log
+
+    monkeypatch.setattr(log, "_SAID", set())
+    _module(monkeypatch, "kernels._jk_test_captured", "import kernels\ndef load(loader=kernels.get_kernel):\n    pass\n")
+    caplog.set_level(logging.WARNING, logger="jitkernels")
+    jitkernels.patch()
+    said = [r.getMessage() for r in caplog.records if r.name == "jitkernels"]
+    assert len(said) == 1, said
+    assert "kernels._jk_test_captured.load (a default argument holds a loader)" in said[0]
+    assert "keep upstream behaviour" in said[0]
+
+
+def test_a_kernels_release_outside_the_tested_range_gets_one_line(monkeypatch, caplog):
+    from jitkernels import log
+
+    monkeypatch.setattr(log, "_SAID", set())
+    caplog.set_level(logging.WARNING, logger="jitkernels")
+    jitkernels.patch()
+    jitkernels.unpatch()
+    assert not [r for r in caplog.records if r.name == "jitkernels"]  # this release is a tested one
+    monkeypatch.setattr(kernels, "__version__", "0.20.0")
+    jitkernels.patch()
+    said = [r.getMessage() for r in caplog.records if r.name == "jitkernels"]
+    assert len(said) == 1
+    assert said[0].startswith("jitkernels.patch(): kernels 0.20.0 is outside the releases JitKernels is tested "
+                              f"with ({seam.TESTED_RANGE}: {', '.join(seam.TESTED_KERNELS)})")
+    assert "self-check found nothing missed" in said[0] and "get_kernel, kernelize" in said[0]
+    assert kernels.get_kernel is not TARGETS["get_kernel"]  # patched all the same
+
+
+def test_the_tested_range_is_the_declared_extra_and_covers_this_release():
+    import tomllib
+
+    from conftest import ROOT
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["kernels"] == [f"kernels{seam.TESTED_RANGE}"]
+    assert f"kernels{seam.TESTED_RANGE}" in extras["test"]
+    assert all(seam.in_tested_range(v) for v in seam.TESTED_KERNELS)
+    assert not seam.in_tested_range("0.16.2") and not seam.in_tested_range("0.20.0")
+    assert seam.in_tested_range(kernels.__version__), kernels.__version__

@@ -187,14 +187,105 @@ def test_native_build_outside_a_terminal_prints_progress_lines(tmp_path):
     assert out.returncode == 0, out.stderr
     name = out.stdout.strip()
     lines = [l for l in out.stderr.splitlines() if l.startswith(f"jitkernels: building {name}: ")]
-    assert lines[0] == f"jitkernels: building {name}: 0/3 units [00:00 elapsed]"
+    assert lines[0] == f"jitkernels: building {name}: 0/3 steps [00:00 elapsed]"
     assert len(lines) >= 3  # a line every second while the compiler runs
-    assert all(re.search(r": [0-3]/3 units \[\d\d:\d\d elapsed", l) for l in lines)
-    assert re.fullmatch(rf"jitkernels: building {name}: 3/3 units \[\d\d:\d\d elapsed\]", lines[-1])
+    assert all(re.search(r": [0-3]/3 steps \[\d\d:\d\d elapsed", l) for l in lines)
+    assert re.fullmatch(rf"jitkernels: building {name}: 3/3 steps \[\d\d:\d\d elapsed\]", lines[-1])
     assert "\r" not in out.stderr and "\x1b[" not in out.stderr  # plain lines, no terminal control
     events = [l for l in out.stderr.splitlines() if l.startswith(("jitkernels: compiling", "jitkernels: built"))]
-    assert len(events) == 2 and events[0].startswith("jitkernels: compiling local/scaled-add (cpu")
+    assert len(events) == 2
+    # the header counts what the bar counts
+    assert events[0].startswith("jitkernels: compiling local/scaled-add (cpu")
+    assert events[0].endswith(": 2 translation units (0 CUDA) + the link = 3 build steps")
     assert re.fullmatch(rf"jitkernels: built {name} in \d+\.\ds", events[1])
+
+
+_KERNELIZE_A_NATIVE_LAYER = f"""
+import sys, torch, jitkernels, kernels
+from kernels import LocalLayerRepository, Mode, kernelize, use_kernel_forward_from_hub, use_kernel_mapping
+
+@use_kernel_forward_from_hub("ScaledAdd")
+class ScaledAdd(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.alpha = 0.5
+
+    def forward(self, x, y):
+        return x + self.alpha * y
+
+jitkernels.patch()
+model = torch.nn.Sequential(ScaledAdd())
+repo = LocalLayerRepository({str(EXAMPLES / 'scaled-add')!r}, layer_name="ScaledAdd")
+with use_kernel_mapping({{"ScaledAdd": {{"cpu": {{Mode.INFERENCE: repo}}}}}}, inherit_mapping=False):
+    kernelize(model, mode=Mode.INFERENCE, device="cpu", use_fallback=False)
+x = torch.randn(16)
+assert torch.equal(model[0](x, x), 1.5 * x)
+print(type(model[0]).forward.__qualname__, [type(h).__name__ for h in __import__("logging").getLogger().handlers])
+"""
+
+
+@pytest.mark.slow
+def test_a_build_under_kernelize_with_output_to_a_file_shows_its_progress(tmp_path):
+    """kernelize's root logging.info() installs a root handler at WARNING; the build it triggers is not silent."""
+    pytest.importorskip("kernels")
+    err = tmp_path / "stderr.txt"
+    with open(err, "w") as stream:
+        out = subprocess.run([sys.executable, "-c", _KERNELIZE_A_NATIVE_LAYER], stdout=subprocess.PIPE, stderr=stream,
+                             text=True, timeout=600,
+                             env=child_env(JITKERNELS_PROGRESS_INTERVAL="1", JITKERNELS_CACHE=tmp_path / "c"))
+    text = err.read_text()
+    assert out.returncode == 0, text
+    assert out.stdout.split(" ", 1)[1].strip() == "['StreamHandler']"  # what kernelize's logging.info() left
+    for prefix in ("jitkernels: compiling local/scaled-add (cpu", "jitkernels: built _scaled_add_cpu_"):
+        assert len([l for l in text.splitlines() if l.startswith(prefix)]) == 1, text
+    building = [l for l in text.splitlines() if l.startswith("jitkernels: building _scaled_add_cpu_")]
+    assert building and building[-1].split(": ", 2)[2].startswith("3/3 steps")
+    assert "INFO:" not in text  # not a second time through the root handler
+
+
+_LINES = ("from jitkernels import progress; import logging; {setup}\n"
+          "with progress.task('jitkernels: building k', total=2, unit='step') as t:\n"
+          "    t.set(2)\n"
+          "progress.say(logging.getLogger('jitkernels'), 'jitkernels: built k in 0.1s')\n")
+
+
+def test_progress_survives_the_root_handler_kernelize_installs():
+    # upstream kernelize_layer calls logging.info() on the root logger: basicConfig() then adds a root handler
+    out = _run(_LINES.format(setup="logging.info('kernels picked a layer')"), JITKERNELS_PROGRESS_INTERVAL="5")
+    assert out.stderr.splitlines() == ["jitkernels: building k: 0/2 steps [00:00 elapsed]",
+                                       "jitkernels: building k: 2/2 steps [00:00 elapsed]",
+                                       "jitkernels: built k in 0.1s"]
+
+
+def test_an_application_logging_info_gets_progress_once_in_its_format():
+    out = _run(_LINES.format(setup="logging.basicConfig(level=logging.INFO, format='APP %(name)s %(message)s')"))
+    assert out.stderr.splitlines() == ["APP jitkernels.progress jitkernels: building k: 0/2 steps [00:00 elapsed]",
+                                       "APP jitkernels.progress jitkernels: building k: 2/2 steps [00:00 elapsed]",
+                                       "APP jitkernels jitkernels: built k in 0.1s"]
+
+
+@pytest.mark.parametrize("env", [{"JITKERNELS_PROGRESS": "0"}, {"JITKERNELS_LOG_LEVEL": "WARNING"}])
+def test_the_switches_still_silence_progress_under_a_root_handler(env):
+    assert _run(_LINES.format(setup="logging.info('kernels picked a layer')"), **env).stderr == ""
+
+
+def test_silenced_progress_leaves_the_build_events_to_the_applications_log():
+    app = "logging.basicConfig(level=logging.INFO, format='APP %(name)s %(message)s')"
+    out = _run(_LINES.format(setup=app), JITKERNELS_PROGRESS="0")
+    assert out.stderr.splitlines() == ["APP jitkernels jitkernels: built k in 0.1s"]
+    silenced = "logging.basicConfig(format='APP %(message)s'); logging.getLogger('jitkernels').setLevel('ERROR')"
+    assert _run(_LINES.format(setup=silenced)).stderr == ""  # a level the application set on our logger wins
+
+
+def test_a_level_the_application_sets_after_us_is_kept():
+    # the demo did this: jitkernels' stderr handler was installed first, then the application added its own
+    code = ("import logging, sys, jitkernels.log as l; l.setup(); log = logging.getLogger('jitkernels'); "
+            "h = logging.StreamHandler(sys.stdout); h.setFormatter(logging.Formatter('OUT %(message)s')); "
+            "log.addHandler(h); log.setLevel(logging.DEBUG); l.info_once('jitkernels: one'); "
+            "log.debug('jitkernels: two'); print(logging.getLevelName(log.level))")
+    out = _run(code)
+    assert out.stdout.splitlines() == ["OUT jitkernels: one", "OUT jitkernels: two", "DEBUG"]
+    assert out.stderr == ""
 
 
 # -- terminals and notebooks -----------------------------------------------------------------------------

@@ -4,12 +4,12 @@ It starts :class:`jitkernels.testing.hubserver.FakeHub` on 127.0.0.1, points
 huggingface_hub at it (``HF_ENDPOINT``) with a private cache, then loads a
 pure-Python kernel and compiles a native CPU kernel exactly as it would from
 huggingface.co, checks both against PyTorch, and times a warm load in a new
-process.
+process. Progress and the compiling/built lines go to stderr as everywhere
+(:func:`jitkernels.log.show`); the demo adds no log handler of its own.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -23,6 +23,17 @@ ORG = "jitkernels-examples"
 
 def _say(text: str) -> None:
     print(text, flush=True)
+
+
+def _import_torch():
+    """torch, without its warning when NumPy is missing (``pip install torch jitkernels`` brings none): the
+    demo needs no NumPy, and that warning would be the first thing a newcomer sees."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
+        import torch
+    return torch
 
 
 def run_demo(native: bool = True) -> int:
@@ -42,12 +53,7 @@ def run_demo(native: bool = True) -> int:
             HF_HUB_DISABLE_TELEMETRY="1",
             JITKERNELS_CACHE=str(work / "cache"),
         )
-        log = logging.getLogger("jitkernels")  # our progress lines only, not every HTTP request
-        log.setLevel(logging.INFO)
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(handler)
-        import torch
+        torch = _import_torch()
 
         import jitkernels
         from .tables import inspection as _table

@@ -145,6 +145,16 @@ def _size(folder) -> tuple[int, int]:
     return total, files
 
 
+def _creatable(folder) -> bool:
+    """Writable, or (not made yet) creatable: the nearest folder that exists is writable."""
+    from pathlib import Path
+
+    path = Path(folder)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path.is_dir() and os.access(path, os.W_OK)
+
+
 def cache_facts() -> dict:
     folder = config.cache_dir()
     size, files = _size(folder) if folder.is_dir() else (0, 0)
@@ -158,7 +168,7 @@ def cache_facts() -> dict:
     return {
         "folder": str(folder),
         "exists": folder.is_dir(),
-        "writable": os.access(folder if folder.is_dir() else folder.parent, os.W_OK),
+        "writable": _creatable(folder),
         "size_bytes": size,
         "files": files,
         "entries": sum(1 for p in entries.iterdir() if p.is_dir()) if entries.is_dir() else 0,
@@ -280,10 +290,17 @@ def _prepared(inspection) -> bool:
         from ..cache.files import read_json
         from ..cache.manifest import check_entry
 
-        if not inspection.revision:
-            return False
+        envkey = machine.env_key_here(inspection.backend)
+        if not inspection.revision:  # a local folder (LOCAL_KERNELS): its memo, while no file in it changed
+            location = inspection.source_location
+            if not location or not os.path.isdir(location):
+                return False
+            from ..cache.index import local_record
+
+            record = local_record(os.path.realpath(location), inspection.backend, envkey)
+            return bool(record) and check_entry(layout.root() / record["entry"]) is None
         index = layout.index_file(inspection.provider, inspection.repo_id, inspection.revision, inspection.backend,
-                                  machine.env_key_here(inspection.backend))
+                                  envkey)
         record = read_json(index)
         return bool(record) and check_entry(layout.root() / record["entry"]) is None
     except Exception:

@@ -1,5 +1,5 @@
 """The ``jitkernels`` command: ``inspect``, ``warmup``, ``build``, ``export``, ``lock``, ``verify``, ``doctor``,
-``demo``, ``cache [list|info|prune|clear]``.
+``test``, ``demo``, ``cache [list|info|prune|clear]``.
 
 Every command takes ``--json``: its result is then one JSON document on
 stdout, and an error is a JSON object too (``{"error": {"type", "message",
@@ -98,7 +98,8 @@ def _add_warmup(sub) -> None:
     p = sub.add_parser("warmup", help="fetch and prepare (compile) kernels ahead of use, several at once")
     p.add_argument("names", nargs="*", help="kernel names (or none, with --from)")
     p.add_argument("--from", dest="from_file", default=None, metavar="FILE",
-                   help="kernels.lock (upstream), jitkernels.lock, or a list: one `name[@revision]` per line")
+                   help="kernels.lock (upstream), jitkernels.lock, a list (one `name[@revision]` per line), or a "
+                        "project folder (`.`: its kernels.lock, else pyproject.toml [tool.kernels.dependencies])")
     p.add_argument("-j", "--jobs", type=int, default=None,
                    help="kernels prepared at once (default: up to 4); each build also uses MAX_JOBS compilers")
     _add_target_args(p)
@@ -258,9 +259,11 @@ def cmd_export(args) -> int:
 
 def _add_lock(sub) -> None:
     p = sub.add_parser("lock", help="pin kernels to commits and record the sha256 of every source file")
-    p.add_argument("names", nargs="+")
+    p.add_argument("names", nargs="+", help="kernel names, or a project folder (`.`): its pyproject.toml "
+                                            "[tool.kernels.dependencies], as `kernels lock` reads it")
     _add_target_args(p)
-    p.add_argument("-o", "--output", default="jitkernels.lock", help="lock file to write (jitkernels.lock)")
+    p.add_argument("-o", "--output", default=None,
+                   help="lock file to write (default: jitkernels.lock; for one project folder, in that folder)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="lock kernels whose source an untrusted publisher names outside the Hub")
     _add_json(p)
@@ -268,16 +271,31 @@ def _add_lock(sub) -> None:
 
 
 def cmd_lock(args) -> int:
-    from ..pipeline import lock_entry
-    from ..upstream.lockfiles import write_lock
+    from pathlib import Path
 
+    from ..pipeline import lock_entry
+    from ..upstream.lockfiles import project_dependencies, write_lock
+
+    targets, projects = [], []
+    for name in args.names:
+        if Path(name).is_dir():  # a project folder, as upstream `kernels lock <project>` takes it
+            if args.revision is not None or args.version is not None:
+                return _usage_error(args, f"{name} is a project folder: its pyproject.toml gives each kernel's "
+                                          f"version; drop --revision/--version")
+            projects.append(Path(name))
+            targets += [(repo_id, None, version) for repo_id, version in project_dependencies(name).items()]
+        else:
+            targets.append((name, args.revision, args.version))
+    output = args.output or (projects[0] / "jitkernels.lock" if len(projects) == 1 and len(args.names) == 1
+                             else "jitkernels.lock")
     entries = []
-    for index, name in enumerate(args.names, 1):
-        entry = lock_entry(args.provider, name, revision=args.revision, version=args.version, backend=args.backend,
+    for index, (name, revision, version) in enumerate(targets, 1):
+        entry = lock_entry(args.provider, name, revision=revision, version=version, backend=args.backend,
                            trust_remote_code=args.trust_remote_code)
-        _say(f"[{index}/{len(args.names)}] {entry['dependency']['repo-id']}: {entry['lock']['commit'][:12]}, "
+        _say(f"[{index}/{len(targets)}] {entry['dependency']['repo-id']}: {entry['lock']['commit'][:12]}, "
              f"{len(entry['jitkernels']['files'])} files")
         entries.append(entry)
+    args.output = str(output)
     write_lock(args.output, entries)
     if args.json:
         _print_json({"output": str(args.output), "kernels": [
@@ -346,6 +364,69 @@ def cmd_doctor(args) -> int:
             k = data["kernel"]
             print(f"\n{args.name}: would {k['would']}: {k['why']}")
     return 1 if args.name is not None and data["kernel"]["would"] == "fail" else 0
+
+
+# -- test ------------------------------------------------------------------------------------------
+
+def _add_test(sub) -> None:
+    p = sub.add_parser("test", help="run a kernel's own tests/ against its JIT build (its source tree)",
+                       description="Build (or reuse) the kernel from its source tree, make it importable by its "
+                                   "package name and through a patched kernels.get_kernel, and run pytest on its "
+                                   "tests/ folder. Arguments after NAME (or after --) go to pytest.")
+    p.add_argument("name", help="a kernel source tree (folder with build.toml), or a name LOCAL_KERNELS maps")
+    p.add_argument("--backend", default=None, help="build for this backend (default: this machine's)")
+    p.add_argument("--time-box", type=float, default=None, metavar="SECONDS",
+                   help="start no test after this many seconds (a time-boxed subset)")
+    _add_json(p)
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest (-k EXPR, -x, tests/test_x.py...)")
+    p.set_defaults(func=cmd_test)
+
+
+def _own_test_options(args, rest: list[str]) -> list[str] | None:
+    """``jitkernels test NAME --time-box 60 -k fwd``: our options may follow NAME (argparse's REMAINDER
+    takes them all); they are taken out of the pytest arguments up to a ``--``, after which all is pytest's."""
+    out = []
+    while rest:
+        token = rest.pop(0)
+        if token == "--":
+            return out + rest
+        key, eq, value = token.partition("=")
+        if key == "--json" and not eq:
+            args.json = True
+        elif key in ("--backend", "--time-box"):
+            if not eq:
+                if not rest:
+                    return None
+                value = rest.pop(0)
+            if key == "--backend":
+                args.backend = value
+            else:
+                try:
+                    args.time_box = float(value)
+                except ValueError:
+                    return None
+        else:
+            out.append(token)
+    return out
+
+
+def cmd_test(args) -> int:
+    from . import kernel_tests
+
+    pytest_args = _own_test_options(args, list(args.pytest_args))
+    if pytest_args is None:
+        return _usage_error(args, "--backend needs a value and --time-box a number of seconds")
+    if args.time_box is not None and args.time_box <= 0:
+        return _usage_error(args, "--time-box must be a positive number of seconds")
+    if args.json:
+        with contextlib.redirect_stdout(sys.stderr):  # pytest's report goes to stderr, the summary to stdout
+            code, summary = kernel_tests.run(args.name, pytest_args, backend=args.backend, time_box=args.time_box,
+                                             say=_say)
+        _print_json(summary)
+    else:
+        code, summary = kernel_tests.run(args.name, pytest_args, backend=args.backend, time_box=args.time_box,
+                                         say=_say)
+    return code
 
 
 # -- demo ------------------------------------------------------------------------------------------
@@ -441,7 +522,7 @@ def cmd_cache(args) -> int:
         _print_json([e.to_dict() for e in infos])
     elif action == "info":
         for e in infos:
-            print("\n".join(f"{k:<9} {v}" for k, v in e.to_dict().items()) + "\n")
+            print(tables.entry_info(e) + "\n")
     else:
         tables.print_entries(infos)
     return 0
@@ -450,8 +531,8 @@ def cmd_cache(args) -> int:
 # -- the program -----------------------------------------------------------------------------------
 
 #: One entry per command, in the order ``--help`` lists them.
-COMMANDS = (_add_inspect, _add_warmup, _add_build, _add_export, _add_lock, _add_verify, _add_doctor, _add_demo,
-            _add_cache)
+COMMANDS = (_add_inspect, _add_warmup, _add_build, _add_export, _add_lock, _add_verify, _add_doctor, _add_test,
+            _add_demo, _add_cache)
 
 
 class _Parser(argparse.ArgumentParser):

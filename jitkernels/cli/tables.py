@@ -55,8 +55,15 @@ def human_size(size: int) -> str:
     return str(size)
 
 
-def when(stamp: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp)) if stamp else "-"
+def when(stamp: float | None, seconds: bool = False) -> str:
+    return time.strftime("%Y-%m-%d %H:%M" + (":%S" if seconds else ""), time.localtime(stamp)) if stamp else "-"
+
+
+def entry_info(e) -> str:
+    """``jitkernels cache info``: one ``key value`` line per field, times and sizes for people to read."""
+    shown = {**e.to_dict(), "size": f"{human_size(e.size)} ({e.size} bytes)",
+             "created": when(e.created, seconds=True), "last_use": when(e.last_use, seconds=True)}
+    return "\n".join(f"{k:<9} {'-' if v is None else v}" for k, v in shown.items())
 
 
 def print_entries(infos, out=None) -> None:

@@ -13,6 +13,12 @@ each (what was fetched, with every file's sha256)::
 refuses anything else with a :class:`~jitkernels.errors.LockfileError` naming
 the file, the entry and the field; :func:`read_lock` also caps the size.
 
+A project folder (what ``kernels lock <project>`` and ``kernels download
+<project>`` take) is read by :func:`project_kernels`: its ``kernels.lock``
+when there is one (as ``kernels download``), else the
+``[tool.kernels.dependencies]`` table of its ``pyproject.toml`` (repo id ->
+major version, as ``kernels lock``).
+
 ``jitkernels lock NAME...`` writes ours. With ``JITKERNELS_LOCKFILE=<path>``
 every load of a locked kernel uses the locked commit and fails loudly if a
 fetched file's sha256 differs, or if the caller asks for another commit.
@@ -183,3 +189,52 @@ def write_lock(path: Path, entries: list[dict]) -> None:
         write_atomic(Path(path), (json.dumps(entries, indent=2, sort_keys=True) + "\n").encode())
     except OSError as exc:
         raise LockfileError(f"Cannot write the lock file {path}: {exc.strerror or exc}.") from exc
+
+
+@dataclass(frozen=True)
+class ProjectKernel:
+    repo_id: str
+    version: int | None = None  # from pyproject.toml
+    commit: str | None = None  # from kernels.lock
+    backend: str | None = None
+
+
+def project_dependencies(folder) -> dict[str, int]:
+    """``[tool.kernels.dependencies]`` of ``folder/pyproject.toml``: repo id -> major version (as ``kernels lock``)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+
+    path = Path(folder) / "pyproject.toml"
+    where = f"{path} [tool.kernels.dependencies]"
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LockfileError(f"{folder} is not a project folder: it has no pyproject.toml (nor kernels.lock).") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise LockfileError(f"Cannot read {path}: {exc}.") from exc
+    table = data.get("tool", {}).get("kernels", {}).get("dependencies")
+    if not isinstance(table, dict) or not table:
+        raise LockfileError(f"{path} declares no kernels: add a [tool.kernels.dependencies] table, e.g. "
+                            f"\"kernels-community/activation\" = 1 (repo id = major version), as `kernels lock` reads.")
+    out = {}
+    for repo_id, version in table.items():
+        if not _REPO_ID.match(repo_id) or ".." in repo_id:
+            raise LockfileError(f"{where}: {repo_id!r} is not 'org/name'.")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise LockfileError(f"{where}: {repo_id} = {version!r}: the value is the kernel's major version, "
+                                f"an integer (e.g. 1), as upstream `kernels lock` requires.")
+        out[repo_id] = version
+    return out
+
+
+def project_kernels(folder) -> tuple[list[ProjectKernel], str]:
+    """The kernels a project folder needs, and where they were read from: ``kernels.lock``
+    (commits, what ``kernels download`` reads) if present, else ``pyproject.toml`` (versions)."""
+    lock = Path(folder) / "kernels.lock"
+    if lock.is_file():
+        return [ProjectKernel(k.repo_id, commit=k.commit, backend=k.backend)
+                for k in read_lock(lock).values()], str(lock)
+    deps = project_dependencies(folder)
+    return [ProjectKernel(repo_id, version=v) for repo_id, v in deps.items()], str(Path(folder) / "pyproject.toml")

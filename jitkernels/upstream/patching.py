@@ -7,48 +7,59 @@ Existing call sites keep working unchanged::
     act = kernels.get_kernel("kernels-community/activation", version=1)   # a JitKernels module
     jitkernels.unpatch()                     # the exact upstream functions again
 
-What is redirected (every by-name binding; upstream 0.17 re-binds each
-function in several modules, so patching only ``kernels.get_kernel`` would
-miss the layer machinery):
+Supported: every ``kernels`` release transformers accepts, 0.17.2 to 0.19.x
+(``pip install 'jitkernels[kernels]'``; CI runs these tests on 0.17.2, 0.18.3
+and 0.19.1). Upstream's loader functions are redirected **by identity**
+(:mod:`jitkernels.upstream.seam`): every module attribute anywhere that *is*
+one of them (``kernels.get_kernel``, ``kernels._internals.layer.layer.get_kernel``
+in 0.19, ``kernels.layer.layer.get_kernel`` in 0.17, transformers'
+``hub_kernels.get_kernel_hub``, a module of yours that did ``from kernels
+import get_kernel`` before ``patch()``...) gets the JitKernels wrapper, and
+``unpatch()`` puts the same objects back, also into modules imported while
+patched. After patching, a self-check walks the code of ``kernels`` and of
+every patched module: no call site may still look up an upstream loader (it
+warns naming any that does). A ``kernels`` release outside the tested range
+is patched the same way, with one line naming the version, the range and
+what the self-check found. :func:`selfcheck` calls every entry point with a
+probe (no network, no load) and reports which reach JitKernels;
+``jitkernels doctor`` shows it.
 
-================================  =================================================================
-binding                           JitKernels replacement
-================================  =================================================================
-``kernels.get_kernel``,           ``jitkernels.load(provider, repo_id, revision|version, backend,
-``kernels.load.get_kernel``,      trust_remote_code)``
-``kernels.layer.layer.get_kernel``  (``LayerRepository.load``),
-``kernels.layer.func.get_kernel``   (``FuncRepository.load``)
-``kernels.has_kernel``,           ``jitkernels.has`` (True iff JitKernels can load it here;
-                                  ``trust_remote_code``/``check_arch`` accepted, not needed to inspect)
-``kernels.load.has_kernel``
-``kernels.get_local_kernel``,     ``jitkernels.load_local(repo_path, backend=...)``
-``kernels.load.get_local_kernel``,  (``LocalLayerRepository`` / ``LocalFuncRepository``)
-``kernels.layer.layer.``/``func.get_local_kernel``
-``kernels.load_kernel``,          the locked commit of ``repo_id`` in ``lockfile`` (upstream 0.17
-``kernels.load.load_kernel``      format; ``None`` = the caller's package metadata), loaded by commit
-``kernels.get_locked_kernel``,    same, with ``trust_remote_code``
-``kernels.load.get_locked_kernel``
-``kernels.layer.layer.``/``func.  ``LockedLayerRepository`` / ``LockedFuncRepository``: the commit the
-get_kernel_with_resolver``        resolver's lock gives for the kernel (other resolvers: upstream)
-``kernels.layer.layer.``/``func.  ``LayerRepository(version=N)`` resolves to the branch ``vN`` (JitKernels
-select_revision_or_version``      resolves it to a commit when loading) without a Hub request
-``kernels.install_kernel``,       prepares (fetches, builds) and imports the kernel; returns the folder
-``kernels.install.install_kernel``  of the prepared package (``local_files_only=True``: nothing is fetched)
-``kernels.get_loaded_kernels``,   upstream's records plus one ``LoadedKernel`` per kernel loaded through
-``kernels.importer.``...          the patched functions (``metadata``: ``id`` is the op namespace, ``name``
-                                  the repo name, ``version`` the N of ``version=N`` else 0, ``license``
-                                  "unknown": JitKernels builds from source and has no variant metadata)
-``kernels.get_kernel_dep``,       during an upstream load, upstream's; otherwise the module JitKernels
-``kernels.deps.get_kernel_dep``   loaded for that repo id in this process (its ``kernel-depends`` are
-                                  loaded first), a ``RuntimeError`` as upstream if none or several
-================================  =================================================================
+=======================================  ===========================================================
+upstream function                        JitKernels replacement
+=======================================  ===========================================================
+``get_kernel`` (also what                ``jitkernels.load(provider, repo_id, revision|version,
+``LayerRepository`` /                    backend, trust_remote_code)``
+``FuncRepository.load`` and
+transformers' ``attn_implementation=
+"org/name"`` call)
+``has_kernel``                           ``jitkernels.has`` (True iff JitKernels can load it here;
+                                         ``trust_remote_code``/``check_arch`` accepted, not needed)
+``get_local_kernel`` (and                ``jitkernels.load_local(repo_path, backend=...)``
+``Local{Layer,Func}Repository``)
+``load_kernel``, ``get_locked_kernel``   the locked commit of ``repo_id`` in ``lockfile`` (upstream's
+                                         format; ``None`` = the caller's package metadata)
+``get_kernel_with_resolver``             ``Locked{Layer,Func}Repository``: the commit the resolver's
+                                         lock gives (other resolvers: upstream's own)
+``select_revision_or_version``           kernels 0.17's ``LayerRepository(version=N)``: the branch
+                                         ``vN`` without a Hub request (resolved when loading)
+``install_kernel``                       prepares (fetches, builds) and imports the kernel; returns the
+                                         package folder (``local_files_only=True``: nothing is fetched)
+``get_loaded_kernels``                   upstream's records plus one ``LoadedKernel`` per kernel loaded
+                                         through the patched functions (``metadata``: ``id`` is the op
+                                         namespace, ``name`` the repo name, ``version`` the N of
+                                         ``version=N`` else 0, ``license`` "unknown")
+``get_kernel_dep``                       during an upstream load, upstream's; otherwise the module
+                                         JitKernels loaded for that repo id in this process, a
+                                         ``RuntimeError`` as upstream if none or several
+=======================================  ===========================================================
 
 ``kernelize``, ``use_kernel_forward_from_hub``, ``use_kernel_mapping`` and the
-``*Repository`` classes are not replaced: they call the bindings above.
-``patch()`` and ``unpatch()`` clear kernelize's layer memo
-(``kernels.layer.layer._CACHED_LAYER``) and the ``_resolve_revision`` caches,
-so a model kernelized after the switch resolves through the active loader
-(a model kernelized *before* keeps the forward it was given).
+``*Repository`` classes are not replaced: they call the functions above.
+``patch()`` and ``unpatch()`` clear kernelize's layer memo (``_CACHED_LAYER``)
+and 0.17's ``_resolve_revision`` caches, so a model kernelized after the
+switch resolves through the active loader (one kernelized *before* keeps the
+forward it was given; transformers' own cache of attention kernels it already
+loaded, too).
 
 Arguments keep their upstream meaning; upstream's signatures are enforced
 (an unknown keyword is a ``TypeError``, exactly one of ``revision``/``version``
@@ -66,7 +77,8 @@ Opt-in fallback to upstream's binaries: ``patch(fallback="upstream")`` or
 (``UnsupportedKernelError``, ``BuildError``, ``ToolchainError``) to the
 original upstream function, with one warning naming the kernel and the
 reason; ``has_kernel`` asks upstream when JitKernels says no. Off by default:
-the default stays "fail loudly".
+the default stays "fail loudly". Inside such a hand-over upstream's own
+helpers run unredirected.
 
 ``patch()`` is idempotent (a second call only changes the provider and fallback), thread
 safe, and works whether ``kernels`` is imported before or after it (a wrapt
@@ -74,12 +86,14 @@ post-import hook patches it when it is first imported). ``unpatch()`` puts
 the exact original function objects back (checked by identity in the
 tests); a binding someone else re-wrapped after us is left alone with a warning.
 
-``load_kernel`` upstream never downloads; patched, a locked commit that is
-not prepared yet is fetched (set ``HF_HUB_OFFLINE=1`` for cache-only). Not
-redirected: ``get_kernel_variants`` (it reports which of a repository's
-prebuilt binary variants fit this machine, which stays true and useful;
-``jitkernels.inspect`` says what JitKernels would do) and the ``kernels`` CLI
-(a separate program; ``jitkernels`` has the matching commands).
+Not redirected: a loader captured before ``patch()`` in a closure, a default
+argument, a ``functools.partial`` or a container (nothing in kernels or
+transformers does that); ``get_kernel_variants`` (it reports which prebuilt
+variants fit this machine, which stays true; ``jitkernels.inspect`` says what
+JitKernels would do); and the ``kernels`` CLI (``jitkernels`` has the
+matching commands). ``load_kernel`` upstream never downloads; patched, a
+locked commit that is not prepared yet is fetched (``HF_HUB_OFFLINE=1`` for
+cache-only).
 
 ``kernels`` not installed: ``patch()`` raises :class:`~jitkernels.errors.PatchError`;
 the autopatch hook (``JITKERNELS_AUTOPATCH=1``) instead warns once and does nothing.
@@ -87,8 +101,8 @@ the autopatch hook (``JITKERNELS_AUTOPATCH=1``) instead warns once and does noth
 
 from __future__ import annotations
 
+import contextvars
 import functools
-import importlib
 import importlib.util
 import inspect
 import sys
@@ -97,27 +111,21 @@ import warnings
 from pathlib import Path
 
 from ..errors import InvalidKernelNameError, LockfileError, PatchError
+from . import seam
 
-__all__ = ["patch", "unpatch", "is_patched", "PATCHED_BINDINGS", "Patch"]
+__all__ = ["patch", "unpatch", "is_patched", "Patch", "selfcheck", "patched_bindings"]
 
-#: module -> names of the bindings replaced there (upstream kernels 0.17.x).
-PATCHED_BINDINGS: dict[str, tuple[str, ...]] = {
-    "kernels": ("get_kernel", "has_kernel", "get_local_kernel", "load_kernel", "get_locked_kernel"),
-    "kernels.load": ("get_kernel", "has_kernel", "get_local_kernel", "load_kernel", "get_locked_kernel"),
-    "kernels.layer.layer": ("get_kernel", "get_local_kernel", "get_kernel_with_resolver", "select_revision_or_version"),
-    "kernels.layer.func": ("get_kernel", "get_local_kernel", "get_kernel_with_resolver", "select_revision_or_version"),
-    "kernels.install": ("install_kernel",),
-    "kernels.importer": ("get_loaded_kernels",),
-    "kernels.deps": ("get_kernel_dep",),
-}
-PATCHED_BINDINGS["kernels"] += ("install_kernel", "get_loaded_kernels", "get_kernel_dep")
-
-#: Bindings that load a kernel: the upstream fallback applies to them, and what they return is recorded.
+#: Functions that load a kernel: the upstream fallback applies to them, and what they return is recorded.
 _LOADERS = ("get_kernel", "get_local_kernel", "load_kernel", "get_locked_kernel", "get_kernel_with_resolver",
             "install_kernel")
 FALLBACK_ENV = "JITKERNELS_FALLBACK"
 
 _LOCK = threading.RLock()
+
+#: Set while an upstream function runs on behalf of the fallback: our wrappers pass straight through.
+_IN_UPSTREAM: contextvars.ContextVar[bool] = contextvars.ContextVar("jitkernels_in_upstream", default=False)
+#: A list while :func:`selfcheck` probes: wrappers record their name there and load nothing.
+_PROBE: contextvars.ContextVar[list | None] = contextvars.ContextVar("jitkernels_patch_probe", default=None)
 
 
 class _State:
@@ -125,11 +133,17 @@ class _State:
     provider = "hf_kernels"
     fallback: str | None = None  # patch(fallback=...); None: JITKERNELS_FALLBACK decides
     hook_registered = False
-    #: (module name, attribute) -> (original object, our wrapper)
-    originals: dict[tuple[str, str], tuple[object, object]] = {}
+    #: upstream name -> (original function, our wrapper), for the ``kernels`` imported now
+    wrappers: dict[str, tuple[object, object]] = {}
+    swap = seam.Swap()
 
 
 _STATE = _State()
+
+
+def patched_bindings() -> dict[tuple[str, str], object]:
+    """``(module name, attribute) -> object`` of every binding patch() swapped (empty when not patched)."""
+    return {(module.__name__, attr): module.__dict__.get(attr) for module, attr, _o, _r in _STATE.swap.records}
 
 
 # -- argument mapping ----------------------------------------------------------------
@@ -243,20 +257,34 @@ def _get_kernel_with_resolver(original, a: dict):
 
     resolver, kernel = a["resolver"], a["kernel"]
     if type(resolver).__name__ not in _LOCKED_RESOLVERS:
-        return original(**a)  # only the Locked* repositories call this binding in kernels 0.17
+        return _upstream(original, (), a)  # upstream's own get_kernel (0.18+) calls it with a Hub resolver
     lock = resolver.kernel_locks.get(kernel)
     if lock is None:
         raise LockfileError(f"Kernel `{kernel.repo_id}` is not locked.")
-    return load_kernel(_STATE.provider, kernel.repo_id, revision=lock.commit, backend=a["backend"],
+    # KernelLock.commit: a str in kernels 0.17, an Oid in 0.18+
+    return load_kernel(_STATE.provider, kernel.repo_id, revision=str(lock.commit), backend=a["backend"],
                        trust_remote_code=getattr(resolver, "trust_remote_code", False))
 
 
 def _select_revision_or_version(original, a: dict) -> str:
-    """``LayerRepository(version=N)``: no Hub request here; JitKernels resolves ``vN`` when loading."""
+    """kernels 0.17's ``LayerRepository(version=N)``: no Hub request here; JitKernels resolves ``vN`` when loading.
+
+    Other callers (``get_kernel_variants``, the signature check) get upstream's commit, as before the patch.
+    """
     from ..identity import revision_for
 
+    if _upstream_caller() != "_resolve_revision":
+        return _upstream(original, (), a)
     _one_of(a["revision"], a["version"])
     return revision_for(a["revision"], a["version"])
+
+
+def _upstream_caller() -> str:
+    """The name of the first function up the stack that is neither JitKernels' nor wrapt's."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in ("jitkernels", "wrapt"):
+        frame = frame.f_back
+    return frame.f_code.co_name if frame is not None else ""
 
 
 def _install_kernel(original, a: dict):
@@ -307,14 +335,17 @@ def _get_loaded_kernels(original, a: dict) -> list:
     """Upstream's records, then the kernels the patched loaders returned (see the module docstring)."""
     import json
 
-    from kernels import LoadedKernel
-    from kernels._rust import Metadata
-
     from ..cache.layout import MANIFEST
+
+    kernels = sys.modules["kernels"]
+    LoadedKernel, RepoInfo = kernels.LoadedKernel, getattr(kernels, "RepoInfo", None)
+    # the Metadata class the importer module uses (kernels._rust's, re-exported there in 0.17-0.19)
+    Metadata = getattr(sys.modules.get(LoadedKernel.__module__), "Metadata", None)
+    if Metadata is None:  # pragma: no cover - a release that stops importing it there
+        from kernels._rust import Metadata
 
     out = list(original())
     seen = {id(k.module) for k in out}
-    RepoInfo = getattr(sys.modules.get("kernels.hf_hub"), "RepoInfo", None)
     for module, repo_id, revision, version in list(_LOADED.values()):
         if id(module) in seen:
             continue
@@ -339,8 +370,7 @@ def _get_loaded_kernels(original, a: dict) -> list:
 
 def _get_kernel_dep(original, a: dict):
     """Inside upstream's loader: upstream's. Otherwise the one module JitKernels loaded for that repo id."""
-    deps_module = sys.modules.get("kernels.deps")
-    context = getattr(deps_module, "_KERNEL_DEPS", None)
+    context = getattr(seam.defining_module(original), "_KERNEL_DEPS", None)
     if context is not None and context.get() is not None:
         return original(**a)
     from .. import config, warm
@@ -418,17 +448,23 @@ def _hand_to_upstream(name: str, a: dict, exc: BaseException, wrapped, args, kwa
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     warning_once(f"jitkernels: cannot build {_kernel_named(a)} here ({why}{first_line}); "
                  f"{FALLBACK_ENV}=upstream hands it to upstream kernels' {name}.")
-    return wrapped(*args, **kwargs)
+    return _upstream(wrapped, args, kwargs)
 
 
-def _make_wrapper(original, replacement, name: str = ""):
+def _make_wrapper(original, replacement, name: str):
     import wrapt
 
     from ..errors import JitKernelsError
     from .errors import upstream_compatible
 
     def wrapper(wrapped, instance, args, kwargs):
+        if _IN_UPSTREAM.get():
+            return wrapped(*args, **kwargs)
         a = _bind(wrapped, args, kwargs)
+        probe = _PROBE.get()
+        if probe is not None:
+            probe.append(name)
+            return _probe_answer(name, a)
         try:
             result = replacement(wrapped, a)
         except JitKernelsError as exc:
@@ -439,81 +475,75 @@ def _make_wrapper(original, replacement, name: str = ""):
                 raise
             raise compatible from exc.__cause__
         if name == "has_kernel" and result is False and fallback_mode() == "upstream":
-            return wrapped(*args, **kwargs)
+            return _upstream(wrapped, args, kwargs)
         if name in _LOADERS:
             _record(name, a, result)
         return result
 
-    proxy = wrapt.FunctionWrapper(original, wrapper)
-    return proxy
+    return wrapt.FunctionWrapper(original, wrapper)
+
+
+def _upstream(wrapped, args, kwargs):
+    token = _IN_UPSTREAM.set(True)
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        _IN_UPSTREAM.reset(token)
 
 
 # -- applying ---------------------------------------------------------------------------
 
 def _apply() -> None:
-    """Wrap every binding of the (imported) ``kernels`` package. Caller holds ``_LOCK``."""
-    missing = []
-    for module_name, names in PATCHED_BINDINGS.items():
-        module = sys.modules.get(module_name)
-        if module is None:
-            try:
-                module = importlib.import_module(module_name)
-            except ImportError as exc:
-                missing.append(f"{module_name} ({exc})")
-                continue
-        for name in names:
-            if (module_name, name) in _STATE.originals:
-                continue  # already wrapped
-            original = getattr(module, name, None)
-            if original is None:
-                missing.append(f"{module_name}.{name}")
-                continue
-            wrapper = _make_wrapper(original, _REPLACEMENTS[name], name)
-            setattr(module, name, wrapper)
-            _STATE.originals[(module_name, name)] = (original, wrapper)
-    _forget_upstream_caches()
+    """Swap every binding of upstream's loaders (``kernels`` is imported). Caller holds ``_LOCK``."""
+    kernels = sys.modules["kernels"]
+    for name, found in seam.targets(kernels).items():
+        known = _STATE.wrappers.get(name)
+        if known is not None and (found is known[0] or found is known[1]):
+            continue  # already wrapped (a second call, or the import hook firing after patch())
+        _STATE.wrappers[name] = (found, _make_wrapper(found, _REPLACEMENTS[name], name))
+    by_id = {id(o): (o, w) for o, w in _STATE.wrappers.values()}
+    _STATE.swap.apply(by_id)
+    seam.forget_caches(kernels)
+    _say_what_is_redirected(kernels)
+
+
+def _say_what_is_redirected(kernels) -> None:
+    """The cheap self-check run by every patch(), and the one line for an untested ``kernels``."""
+    from ..log import warning_once
+
+    version = seam.kernels_version(kernels)
+    missing = [n for n in seam.PUBLIC_LOADERS if n not in _STATE.wrappers]
+    not_ours = [f"kernels.{n}" for n, (_o, w) in _STATE.wrappers.items()
+                if n in seam.PUBLIC_LOADERS and kernels.__dict__.get(n) is not w]
+    modules = {module.__name__ for module, _a, _o, _r in _STATE.swap.records}
+    unreached = seam.unreached([o for o, _w in _STATE.wrappers.values()], modules)
+    problems = not_ours + unreached
+    if problems:
+        warning_once(f"jitkernels.patch(): with kernels {version} these call sites still reach upstream's "
+                     f"loaders and keep upstream behaviour: {', '.join(problems)}.")
     if missing:
-        warnings.warn(
-            "jitkernels.patch(): this kernels version lacks bindings JitKernels redirects: "
-            + ", ".join(missing) + ". Those call sites keep upstream behaviour.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+        warning_once(f"jitkernels.patch(): kernels {version} has no {', '.join(missing)}; nothing to redirect there.")
+    if not seam.in_tested_range(version):
+        works = ("every call site of its loaders now reaches JitKernels (get_kernel, kernelize and the "
+                 "*Repository classes included)" if not problems else "see the line above for what does not")
+        warning_once(f"jitkernels.patch(): kernels {version} is outside the releases JitKernels is tested with "
+                     f"({seam.TESTED_RANGE}: {', '.join(seam.TESTED_KERNELS)}); patched by identity, the "
+                     f"self-check found {'nothing missed' if not problems else 'gaps'}: {works}.")
 
 
 def _restore() -> None:
-    for (module_name, name), (original, wrapper) in list(_STATE.originals.items()):
-        module = sys.modules.get(module_name)
-        if module is not None:
-            current = module.__dict__.get(name)
-            if current is wrapper:
-                setattr(module, name, original)
-            else:
-                warnings.warn(
-                    f"jitkernels.unpatch(): {module_name}.{name} was replaced by someone else after "
-                    f"jitkernels.patch(); leaving it as it is.",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-        del _STATE.originals[(module_name, name)]
-    _forget_upstream_caches()
-
-
-def _forget_upstream_caches() -> None:
-    """Layers kernelize loaded (and versions it resolved) before a patch/unpatch must not be reused after it.
-
-    ``kernels.layer.layer._CACHED_LAYER`` memoises the layer class per repository
-    and ``*Repository._resolve_revision`` is an ``lru_cache``: both are cleared.
-    """
-    layer_mod = sys.modules.get("kernels.layer.layer")
-    cached = getattr(layer_mod, "_CACHED_LAYER", None)
-    if isinstance(cached, dict):
-        cached.clear()
-    for module_name, cls_name in (("kernels.layer.layer", "LayerRepository"), ("kernels.layer.func", "FuncRepository")):
-        cls = getattr(sys.modules.get(module_name), cls_name, None)
-        clear = getattr(getattr(cls, "_resolve_revision", None), "cache_clear", None)
-        if clear is not None:
-            clear()
+    by_id = {id(o): (o, w) for o, w in _STATE.wrappers.values()}
+    for binding in _STATE.swap.restore(by_id):
+        warnings.warn(
+            f"jitkernels.unpatch(): {binding} was replaced by someone else after jitkernels.patch(); "
+            f"leaving it as it is.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    _STATE.wrappers.clear()
+    kernels = sys.modules.get("kernels")
+    if kernels is not None:
+        seam.forget_caches(kernels)
 
 
 def _on_kernels_imported(module) -> None:
@@ -539,7 +569,7 @@ def _patch(provider, *, autopatch: bool = False, fallback=None) -> bool:
     with _LOCK:
         if not _kernels_installed():
             message = ("jitkernels.patch(): the upstream `kernels` package is not installed, so there is "
-                       "nothing to patch (pip install kernels).")
+                       "nothing to patch (pip install 'jitkernels[kernels]').")
             if autopatch:
                 warnings.warn(message + " JITKERNELS_AUTOPATCH is ignored.", RuntimeWarning, stacklevel=3)
                 return False
@@ -625,3 +655,116 @@ def autopatch() -> bool:
     """What the ``JITKERNELS_AUTOPATCH`` startup hook calls: like :func:`patch`, but a missing
     ``kernels`` is a warning, and ``kernels`` is patched when first imported (never imported here)."""
     return _patch("hf_kernels", autopatch=True)
+
+
+# -- the behavioural self-check -------------------------------------------------------------------
+
+PROBE_REPO = "jitkernels-selfcheck/probe"
+
+
+def _probe_answer(name: str, a: dict):
+    import types
+
+    if name == "has_kernel":
+        return True
+    if name == "get_loaded_kernels":
+        return []
+    if name == "install_kernel":
+        return Path("/nonexistent/jitkernels-selfcheck")
+    if name == "select_revision_or_version":
+        return "v1"
+    return types.ModuleType("jitkernels_selfcheck_probe")  # no layers: the caller's next step fails, as planned
+
+
+def selfcheck() -> dict[str, bool]:
+    """Call every public entry point of the imported ``kernels`` (and transformers' ``get_kernel`` if
+    transformers is loaded) with a probe repository; True where the call reached JitKernels.
+
+    Needs an active :func:`patch`. Nothing is downloaded or loaded, no log handler is left behind
+    (``kernelize`` would install one through ``logging.info``), no memo keeps the probe.
+    """
+    import logging
+    import tempfile
+
+    if not _STATE.active or "kernels" not in sys.modules:
+        raise PatchError("jitkernels.patch.selfcheck(): patch() first (and import kernels).")
+    import kernels
+
+    results: dict[str, bool] = {}
+    probe = PROBE_REPO
+
+    def reached(label: str, call, expect: str) -> None:
+        calls: list[str] = []
+        token = _PROBE.set(calls)
+        try:
+            call()
+        except Exception:  # the probe module has no layers: what follows the load fails, as planned
+            pass
+        finally:
+            _PROBE.reset(token)
+        results[label] = expect in calls
+
+    def public(name: str, *args, **kwargs):
+        if name in kernels.__dict__:
+            reached(f"kernels.{name}", lambda: getattr(kernels, name)(*args, **kwargs), name)
+
+    public("get_kernel", probe, version=1)
+    public("has_kernel", probe, version=1)
+    public("get_local_kernel", Path("/nonexistent/jitkernels-selfcheck"))
+    public("install_kernel", probe, version=1)
+    public("get_loaded_kernels")
+    public("get_kernel_dep", probe)
+    quiet = logging.getLogger("kernels")
+    saved_level, root = quiet.level, logging.getLogger()
+    guard = logging.NullHandler()
+    root_was_bare = not root.handlers
+    if root_was_bare:
+        root.addHandler(guard)  # kernelize's logging.info would otherwise basicConfig() the root logger
+    quiet.setLevel(logging.ERROR)  # FuncRepository says it is deprecated (0.19)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            lock = Path(tmp) / "kernels.lock"
+            lock.write_text('[{"dependency": {"repo-id": "%s", "version": 1}, "lock": {"commit": "%s"}}]'
+                            % (probe, "0" * 40))
+            public("load_kernel", probe, lockfile=lock)
+            public("get_locked_kernel", probe, lockfile=lock)
+            for cls_name, kw in (("LockedLayerRepository", {"layer_name": "Probe"}),
+                                 ("LockedFuncRepository", {"func_name": "probe"})):
+                cls = kernels.__dict__.get(cls_name)
+                if cls is not None:
+                    reached(f"{cls_name}.load", lambda: cls(probe, lockfile=lock, **kw).load(),
+                            "get_kernel_with_resolver")
+        for cls_name, args, kw, expect in (
+                ("LayerRepository", (probe,), {"layer_name": "Probe", "version": 1}, "get_kernel"),
+                ("FuncRepository", (probe,), {"func_name": "probe", "version": 1}, "get_kernel"),
+                ("LocalLayerRepository", (Path("/nonexistent"),), {"layer_name": "Probe"}, "get_local_kernel"),
+                ("LocalFuncRepository", (Path("/nonexistent"),), {"func_name": "probe"}, "get_local_kernel")):
+            cls = kernels.__dict__.get(cls_name)
+            if cls is not None:
+                reached(f"{cls_name}.load", lambda: cls(*args, **kw).load(), expect)
+        reached("kernels.kernelize", _kernelize_probe, "get_kernel")
+    finally:
+        quiet.setLevel(saved_level)
+        if root_was_bare:
+            root.removeHandler(guard)
+        seam.forget_caches(kernels)
+    hub_kernels = sys.modules.get("transformers.integrations.hub_kernels")  # never imported here
+    if callable(getattr(hub_kernels, "get_kernel", None)):
+        reached("transformers hub_kernels.get_kernel", lambda: hub_kernels.get_kernel(probe, version=1),
+                "get_kernel")
+    return results
+
+
+def _kernelize_probe() -> None:
+    import kernels
+    import torch.nn as nn
+
+    @kernels.use_kernel_forward_from_hub("JitKernelsSelfcheckProbe")
+    class Probe(nn.Module):
+        def forward(self, x):
+            return x
+
+    repo = kernels.LayerRepository(PROBE_REPO, layer_name="Probe", version=1)
+    mapping = {"JitKernelsSelfcheckProbe": {"cpu": {kernels.Mode.INFERENCE: repo}}}
+    with kernels.use_kernel_mapping(mapping, inherit_mapping=False):
+        kernels.kernelize(nn.Sequential(Probe()), mode=kernels.Mode.INFERENCE, device="cpu", use_fallback=False)

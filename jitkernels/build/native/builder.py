@@ -305,20 +305,18 @@ def run_ninja(spec: BuildSpec, obj: Path, log_path: Path) -> None:
     The full output goes to ``log_path``, which is kept; a failure names the unit that failed.
     """
     from ... import progress
-    from ...log import setup
 
-    setup()  # the compiling/built events below reach stderr when the application configured no logging
     ensure_dir(log_path.parent)
     cmd = [_ninja(), "-C", str(obj), "-j", str(config.max_jobs())]
     if config.verbose():
         cmd.append("-v")
     env = dict(os.environ, NINJA_STATUS="[%f/%t] ")
-    logger.info("jitkernels: compiling %s", spec.describe())  # the start and end events stay log lines
+    progress.say(logger, f"jitkernels: compiling {spec.describe()}")  # seen whatever logging is configured
     tail: list[str] = []
     failed: list[str] = []
-    units = len(spec.units) + 1  # the link step counts as one
-    with progress.task(f"jitkernels: building {spec.extension_name}", total=units, unit="unit",
-                       eta_after=min(3, units)) as shown, open(log_path, "w") as log:
+    steps = spec.steps()
+    with progress.task(f"jitkernels: building {spec.extension_name}", total=steps, unit="step",
+                       eta_after=min(3, steps)) as shown, open(log_path, "w") as log:
         log.write(f"# {spec.describe()}\n# {' '.join(cmd)}\n")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         assert proc.stdout is not None
@@ -342,7 +340,7 @@ def run_ninja(spec: BuildSpec, obj: Path, log_path: Path) -> None:
         if code != 0:
             shown.finish(ok=False, summary=f"FAILED in {unit or 'an unknown step'}; log: {log_path}")
     if code == 0:
-        logger.info("jitkernels: built %s in %.1fs", spec.extension_name, shown.elapsed())
+        progress.say(logger, f"jitkernels: built {spec.extension_name} in {shown.elapsed():.1f}s")
     else:
         logger.error("jitkernels: FAILED building %s in %.1fs", spec.extension_name, shown.elapsed())
         errors = [line for line in tail if not line.startswith("[")]

@@ -70,8 +70,12 @@ class BuildSpec:
         with_inputs = "".join(f", {name} {version}" for name, version, _ in self.build_inputs)
         return (
             f"{self.kernel} ({self.backend}{', archs ' + ' '.join(self.archs) if self.archs else ''}{with_inputs}): "
-            f"{len(self.units)} translation units ({cu} CUDA)"
+            f"{len(self.units)} translation units ({cu} CUDA) + the link = {self.steps()} build steps"
         )
+
+    def steps(self) -> int:
+        """What the progress bar counts: every translation unit, and the link."""
+        return len(self.units) + 1
 
 
 

@@ -1,0 +1,125 @@
+"""Friction a new user met on the way (issue 15 item 7): each as the user sees it on the command line."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import jitkernels
+from jitkernels.cli.main import main
+
+from conftest import EXAMPLES, child_env
+
+TLN = "kernels-community/triton-layer-norm"
+
+
+def _json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out)
+
+
+def _cli(*args, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jitkernels", *args], capture_output=True, text=True, timeout=600,
+                          env=child_env(**env))
+
+
+def test_doctor_says_load_cached_for_a_local_kernel_built_before(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "scaled-add"
+    shutil.copytree(EXAMPLES / "scaled-add", folder)
+    monkeypatch.setenv("LOCAL_KERNELS", f"kernels-community/scaled-add={folder}")
+    assert main(["doctor", "kernels-community/scaled-add", "--backend", "cpu", "--json"]) == 0
+    assert _json(capsys)["kernel"]["would"] == "compile"
+    jitkernels.load("hf", "kernels-community/scaled-add", backend="cpu")
+    assert main(["doctor", "kernels-community/scaled-add", "--backend", "cpu", "--json"]) == 0
+    kernel = _json(capsys)["kernel"]
+    assert kernel["would"] == "load-cached", kernel
+    (folder / "build.toml").write_text((folder / "build.toml").read_text() + "\n")  # an edit: built again
+    assert main(["doctor", "kernels-community/scaled-add", "--backend", "cpu", "--json"]) == 0
+    assert _json(capsys)["kernel"]["would"] == "compile"
+
+
+def test_doctor_calls_a_cache_folder_not_made_yet_writable(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("JITKERNELS_CACHE", str(tmp_path / "not" / "made" / "yet"))
+    assert main(["doctor", "--json"]) == 0
+    cache = _json(capsys)["cache"]
+    assert cache["exists"] is False and cache["writable"] is True
+    (tmp_path / "ro").mkdir(mode=0o555)
+    monkeypatch.setenv("JITKERNELS_CACHE", str(tmp_path / "ro" / "cache"))
+    assert main(["doctor", "--json"]) == 0
+    import os
+
+    assert _json(capsys)["cache"]["writable"] is (os.geteuid() == 0)  # root writes anywhere
+
+
+def test_a_typo_gets_close_names_from_local_kernels_and_the_cache(online, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LOCAL_KERNELS", f"kernels-community/relu={tmp_path}")
+    assert main(["inspect", "rleu"]) == 1
+    err = capsys.readouterr().err
+    assert "kernels-community/rleu" in err and "Did you mean kernels-community/relu (LOCAL_KERNELS)?" in err
+    jitkernels.load("hf", TLN, revision="main", backend="cpu")
+    assert main(["inspect", "kernels-community/triton-layer-nrom", "--revision", "main"]) == 1
+    assert f"Did you mean {TLN} (the cache)?" in capsys.readouterr().err
+    assert main(["inspect", "kernels-community/zzzz", "--revision", "main"]) == 1
+    assert "Did you mean" not in capsys.readouterr().err
+
+
+def test_a_local_kernels_entry_without_an_organisation_is_warned_about(tmp_path):
+    out = _cli("inspect", "relu", "--backend", "cpu", LOCAL_KERNELS=f"relu={tmp_path}", HF_HUB_OFFLINE="1")
+    assert f"LOCAL_KERNELS entry 'relu={tmp_path}' names no organisation" in out.stderr
+    assert f"write 'kernels-community/relu={tmp_path}'" in out.stderr
+    assert out.stderr.count("names no organisation") == 1
+
+
+def test_cache_info_shows_dates_and_sizes_people_read(online, capsys):
+    jitkernels.load("hf", TLN, revision="main", backend="cpu")
+    assert main(["cache", "info", TLN]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^created\s+20\d\d-\d\d-\d\d \d\d:\d\d:\d\d$", out, re.M), out
+    assert re.search(r"^size\s+.+ \(\d+ bytes\)$", out, re.M), out
+    assert not re.search(r"^created\s+\d{9,}", out, re.M)
+
+
+def _project(tmp_path, table: str):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "pyproject.toml").write_text(f'[project]\nname = "app"\n\n[tool.kernels.dependencies]\n{table}')
+    return folder
+
+
+def test_lock_and_warmup_take_a_project_folder_as_upstream_does(online, tmp_path, capsys, monkeypatch):
+    folder = _project(tmp_path, f'"{TLN}" = 1\n')
+    monkeypatch.chdir(folder)
+    assert main(["lock", ".", "--backend", "cpu", "--json"]) == 0
+    data = _json(capsys)
+    commit = jitkernels.inspect("hf", TLN, version=1, backend="cpu").revision
+    assert data["output"] == "jitkernels.lock"  # in the project folder
+    assert data["kernels"] == [{"repo_id": TLN, "commit": commit, "files": data["kernels"][0]["files"]}]
+    assert (folder / "jitkernels.lock").is_file()
+
+    assert main(["warmup", "--from", ".", "--backend", "cpu", "--json"]) == 0
+    [kernel] = _json(capsys)["kernels"]
+    assert kernel["name"] == TLN and kernel["ok"]
+    assert kernel["module"] == jitkernels.load("hf", TLN, revision=commit, backend="cpu").__name__
+
+    (folder / "kernels.lock").write_text(json.dumps(
+        [{"dependency": {"repo-id": TLN, "version": 1}, "lock": {"commit": commit}}]))
+    assert main(["warmup", "--from", ".", "--backend", "cpu", "--json"]) == 0  # kernels.lock first, as `kernels download`
+    assert _json(capsys)["kernels"][0]["revision"] == commit
+
+
+@pytest.mark.parametrize("table, message", [
+    ("", "declares no kernels: add a [tool.kernels.dependencies] table"),
+    ('"kernels-community/relu" = "1"\n', "the value is the kernel's major version, an integer"),
+    ('"relu" = 1\n', "'relu' is not 'org/name'"),
+])
+def test_a_project_folder_with_a_bad_table_is_a_clear_error(tmp_path, capsys, table, message):
+    folder = _project(tmp_path, table)
+    assert main(["lock", str(folder)]) == 1
+    assert message in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["pyproject.toml"]  # nothing written
+    assert main(["warmup", "--from", str(tmp_path)]) == 1
+    assert "has no pyproject.toml" in capsys.readouterr().err
