@@ -20,6 +20,7 @@ __all__ = [
     "load_local",
     "inspect_local",
     "warmup",
+    "function",
     "JitKernelsError",
     "__version__",
 ]
@@ -100,6 +101,43 @@ def load(provider, name: str, *, revision: str | None = None, version: int | Non
 
     return load_kernel(provider, name, revision=revision, version=version, backend=backend,
                        trust_remote_code=trust_remote_code)
+
+
+def function(provider, name: str, function: str, *, fallback=None, revision: str | None = None,
+             version: int | None = None, backend: str | None = None, trust_remote_code: bool | list[str] = False,
+             cold_start: str | None = None):
+    """The function ``function`` of kernel ``name``; with ``cold_start="background"``, never waiting for a build.
+
+    ``cold_start="block"`` (the default, or ``JITKERNELS_COLD_START`` when None): the kernel is
+    loaded as :func:`load` does (building it if needed) and its function returned.
+    ``"background"``: a native kernel in neither the local nor the remote cache is built in
+    another process, and a callable is returned at once that runs ``fallback`` (required:
+    the same signature, e.g. the PyTorch code the kernel replaces) until the build is
+    published, then the kernel's function (see :mod:`jitkernels.coldstart`).
+    """
+    from . import coldstart
+    from .errors import ColdStartError, KernelNotFoundError
+
+    mode = coldstart.mode(cold_start)
+
+    def resolve():
+        module = load(provider, name, revision=revision, version=version, backend=backend,
+                      trust_remote_code=trust_remote_code)
+        found = getattr(module, function, None)
+        if not callable(found):
+            raise KernelNotFoundError(f"Kernel {name} has no function {function!r} "
+                                      f"(it has: {', '.join(n for n in dir(module) if not n.startswith('_'))}).")
+        return found
+
+    if mode == coldstart.BLOCK:
+        return resolve()
+    if not callable(fallback):
+        raise ColdStartError(f"jitkernels.function({name!r}, {function!r}, cold_start='background') needs "
+                             f"fallback=<the code to run until the kernel is built>.")
+    found, build = coldstart.load_or_defer(resolve)
+    if build is None:
+        return found
+    return coldstart.SwitchingFunction(f"{name}.{function}", fallback, build, resolve)
 
 
 def has(provider, name: str, *, revision: str | None = None, version: int | None = None,

@@ -28,7 +28,7 @@ LAYERS = [
     ("plan", ["plan.buildconfig", "plan.metadata", "inputs", "inputs.*", "plan.strategy", "plan.inspection",
               "plan.planner"]),
     ("build", ["build.toolchain", "build.python", "build.native.*"]),
-    ("pipeline", ["pipeline", "batch"]),
+    ("pipeline", ["pipeline", "batch", "coldstart"]),
     ("entry points", ["hub", "hub._pins", "upstream.errors", "upstream.patching", "upstream.autopatch",
                       "upstream.export", "cli", "cli.*", "testing.*", "__init__", "__main__"]),
 ]
