@@ -197,17 +197,20 @@ def warmup(provider, names, *, revision: str | None = None, version: int | None 
 __all__ += ["patch", "unpatch", "pin"]
 
 
-def patch(provider="hf_kernels", *, fallback: str | None = None):
+def patch(provider="hf_kernels", *, fallback: str | None = None, cold_start: str | None = None):
     """Redirect the upstream ``kernels`` package (``get_kernel``, ``kernelize``...) to JitKernels.
 
     Idempotent and thread safe; works before or after ``import kernels``;
     usable as ``with jitkernels.patch(): ...`` and ``@jitkernels.patch()``.
     ``fallback="upstream"`` (or ``JITKERNELS_FALLBACK=upstream``) hands kernels
-    JitKernels cannot build to upstream's binary loader. See :mod:`jitkernels.upstream.patching`.
+    JitKernels cannot build to upstream's binary loader. ``cold_start="background"``
+    (or ``JITKERNELS_COLD_START=background``): kernelized layers run their own forward
+    while a cold native kernel builds in another process, then switch (see
+    :mod:`jitkernels.coldstart`). See :mod:`jitkernels.upstream.patching`.
     """
     from .upstream.patching import patch as _patch
 
-    return _patch(provider, fallback=fallback)
+    return _patch(provider, fallback=fallback, cold_start=cold_start)
 
 
 def unpatch() -> None:

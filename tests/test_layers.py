@@ -29,7 +29,8 @@ LAYERS = [
               "plan.planner"]),
     ("build", ["build.toolchain", "build.python", "build.native.*"]),
     ("pipeline", ["pipeline", "batch", "coldstart"]),
-    ("entry points", ["hub", "hub._pins", "upstream.errors", "upstream.patching", "upstream.autopatch",
+    ("entry points", ["hub", "hub._pins", "upstream.errors", "upstream.patching", "upstream.switching",
+                      "upstream.autopatch",
                       "upstream.export", "cli", "cli.*", "testing.*", "__init__", "__main__"]),
 ]
 #: Packages whose __init__ only documents the package (importing one of its modules runs it).

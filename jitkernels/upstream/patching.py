@@ -81,6 +81,14 @@ prebuilt binary variants fit this machine, which stays true and useful;
 ``jitkernels.inspect`` says what JitKernels would do) and the ``kernels`` CLI
 (a separate program; ``jitkernels`` has the matching commands).
 
+Opt-in background cold start: ``patch(cold_start="background")`` or
+``JITKERNELS_COLD_START=background`` (read when ``patch()`` runs; the autopatch
+hook reads it at startup): a layer whose native kernel is in neither the local
+nor the remote cache keeps its original forward while the kernel builds in
+another process, and switches on its next call once it is published
+(:mod:`jitkernels.upstream.switching`, :mod:`jitkernels.coldstart`). A direct
+``get_kernel`` call still waits for its build (it must return the module).
+
 ``kernels`` not installed: ``patch()`` raises :class:`~jitkernels.errors.PatchError`;
 the autopatch hook (``JITKERNELS_AUTOPATCH=1``) instead warns once and does nothing.
 """
@@ -96,7 +104,7 @@ import threading
 import warnings
 from pathlib import Path
 
-from ..errors import InvalidKernelNameError, LockfileError, PatchError
+from ..errors import InvalidKernelNameError, JitKernelsError, LockfileError, PatchError
 
 __all__ = ["patch", "unpatch", "is_patched", "PATCHED_BINDINGS", "Patch"]
 
@@ -124,6 +132,7 @@ class _State:
     active = False
     provider = "hf_kernels"
     fallback: str | None = None  # patch(fallback=...); None: JITKERNELS_FALLBACK decides
+    cold_start = "block"  # "background": kernelize's hooks are wrapped (jitkernels.upstream.switching)
     hook_registered = False
     #: (module name, attribute) -> (original object, our wrapper)
     originals: dict[tuple[str, str], tuple[object, object]] = {}
@@ -472,6 +481,7 @@ def _apply() -> None:
             setattr(module, name, wrapper)
             _STATE.originals[(module_name, name)] = (original, wrapper)
     _forget_upstream_caches()
+    _apply_cold_start()
     if missing:
         warnings.warn(
             "jitkernels.patch(): this kernels version lacks bindings JitKernels redirects: "
@@ -481,7 +491,20 @@ def _apply() -> None:
         )
 
 
+def _apply_cold_start() -> None:
+    """kernelize's background cold start on or off, as ``_STATE.cold_start`` says (caller holds ``_LOCK``)."""
+    from . import switching
+
+    if _STATE.cold_start == "background":
+        switching.install()
+    else:
+        switching.uninstall()
+
+
 def _restore() -> None:
+    from . import switching
+
+    switching.uninstall()
     for (module_name, name), (original, wrapper) in list(_STATE.originals.items()):
         module = sys.modules.get(module_name)
         if module is not None:
@@ -531,11 +554,16 @@ def _kernels_installed() -> bool:
         return False
 
 
-def _patch(provider, *, autopatch: bool = False, fallback=None) -> bool:
+def _patch(provider, *, autopatch: bool = False, fallback=None, cold_start=None) -> bool:
+    from .. import coldstart
     from ..providers import provider_name
 
     canonical = provider_name(provider)
     fallback = _check_fallback(fallback)
+    try:
+        cold_start = coldstart.mode(cold_start)
+    except JitKernelsError as exc:
+        raise PatchError(f"jitkernels.patch(): {exc}") from None
     with _LOCK:
         if not _kernels_installed():
             message = ("jitkernels.patch(): the upstream `kernels` package is not installed, so there is "
@@ -547,8 +575,11 @@ def _patch(provider, *, autopatch: bool = False, fallback=None) -> bool:
         was_active = _STATE.active
         _STATE.provider = canonical
         _STATE.fallback = fallback
+        _STATE.cold_start = cold_start
         _STATE.active = True
         if was_active:
+            if sys.modules.get("kernels") is not None:
+                _apply_cold_start()
             return False
         if sys.modules.get("kernels") is not None:
             _apply()
@@ -569,10 +600,11 @@ class Patch:
     for decorating is undone right away.
     """
 
-    def __init__(self, provider: str, owned: bool, fallback: str | None = None):
+    def __init__(self, provider: str, owned: bool, fallback: str | None = None, cold_start: str | None = None):
         self.provider = provider
         self.owned = owned
         self.fallback = fallback
+        self.cold_start = cold_start
 
     def __enter__(self) -> "Patch":
         return self
@@ -584,11 +616,11 @@ class Patch:
     def __call__(self, func):
         if self.owned:
             unpatch()  # decorating is not calling: patch only while func runs
-        provider, fallback = self.provider, self.fallback
+        provider, fallback, cold_start = self.provider, self.fallback, self.cold_start
 
         @functools.wraps(func)
         def patched(*args, **kwargs):
-            with patch(provider, fallback=fallback):
+            with patch(provider, fallback=fallback, cold_start=cold_start):
                 return func(*args, **kwargs)
 
         return patched
@@ -597,16 +629,19 @@ class Patch:
         return f"<jitkernels.patch provider={self.provider!r} active={is_patched()}>"
 
 
-def patch(provider="hf_kernels", *, fallback: str | None = None) -> Patch:
+def patch(provider="hf_kernels", *, fallback: str | None = None, cold_start: str | None = None) -> Patch:
     """Redirect the upstream ``kernels`` package to JitKernels (see the module docstring).
 
     ``fallback="upstream"``: kernels JitKernels cannot build go to upstream's
     loader (one warning each); None (default): ``JITKERNELS_FALLBACK`` decides.
+    ``cold_start="background"``: kernelize serves layers with their own forward while a cold
+    native kernel builds in another process, then switches; ``"block"`` waits for the build;
+    None (default): ``JITKERNELS_COLD_START`` decides.
     """
-    owned = _patch(provider, fallback=fallback)
+    owned = _patch(provider, fallback=fallback, cold_start=cold_start)
     from ..providers import provider_name
 
-    return Patch(provider_name(provider), owned, fallback)
+    return Patch(provider_name(provider), owned, fallback, cold_start)
 
 
 def unpatch() -> None:
@@ -614,6 +649,7 @@ def unpatch() -> None:
     with _LOCK:
         _STATE.active = False
         _STATE.fallback = None
+        _STATE.cold_start = "block"
         _restore()
 
 
@@ -623,5 +659,6 @@ def is_patched() -> bool:
 
 def autopatch() -> bool:
     """What the ``JITKERNELS_AUTOPATCH`` startup hook calls: like :func:`patch`, but a missing
-    ``kernels`` is a warning, and ``kernels`` is patched when first imported (never imported here)."""
+    ``kernels`` is a warning, and ``kernels`` is patched when first imported (never imported here).
+    ``JITKERNELS_COLD_START`` applies as for ``patch()``."""
     return _patch("hf_kernels", autopatch=True)
