@@ -430,3 +430,53 @@ def test_a_tiny_model_serves_while_its_kernel_builds_then_switches_once(online, 
     _kernelize(late, repo)
     assert late.r1.forward.__func__ is k.layers.ScaledAdd.forward
     assert admin.background_builds() == []
+
+
+@pytest.mark.slow
+def test_a_failed_background_build_is_said_once_with_its_log_and_its_layers_stay_on_their_forward(
+        online, tmp_path, caplog, capsys):
+    repo = "kernels-test/scaled-add-broken"
+    online.add_repo(repo, {"main": tree(probe_copy(tmp_path, bad_flag=True))})
+    caplog.set_level(logging.INFO, logger="jitkernels")
+    Tiny = tiny_model_classes()
+    model = Tiny()
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        reference = model(x)
+
+    jitkernels.patch(cold_start="background")
+    _kernelize(model, repo)
+    (build,) = [b for b in coldstart.builds() if b.kernel.startswith(repo)]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference)  # served at once, whatever the builder does
+    assert build.wait(timeout=600), "the background build did not end"
+    assert build.failed and "-fjk-no-such-flag" in build.log.read_text()
+
+    (failed,) = _messages(caplog, "the background build of")
+    assert repo in failed and str(build.log) in failed and "no retry" in failed
+    assert model.r1.forward.__func__ is type(model.r1).forward
+    ORIGINAL_CALLS.clear()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference)
+    assert ORIGINAL_CALLS[(threading.get_ident(), id(model.r1))] == 1
+
+    # No retry storm: kernelize again, a new model, the function API: no second builder, no new message.
+    again = Tiny()
+    _kernelize(again, repo)
+    _kernelize(model, repo)
+    fn = jitkernels.function("hf", repo, "scaled_add", revision="main", cold_start="background",
+                             fallback=lambda a, b, alpha=1.0: a + alpha * b)
+    torch.testing.assert_close(fn(x, x, 0.5), 1.5 * x)
+    assert fn.build is build and not fn.switched
+    assert again.r1.forward.__func__ is type(again.r1).forward
+    assert len([b for b in coldstart.builds() if b.kernel.startswith(repo)]) == 1
+    assert len(_messages(caplog, "the background build of")) == 1 and len(_messages(caplog, "is not built for this machine")) == 1
+    assert entry_dirs("_scaled_add_cpu_") == []
+
+    # The operator sees it, with the logs.
+    capsys.readouterr()
+    assert main(["cache", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "FAILED" in listed and f"log: {build.log}" in listed
+    assert main(["doctor", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["background"]["failed"] == 1
