@@ -104,7 +104,7 @@ import threading
 import warnings
 from pathlib import Path
 
-from ..errors import InvalidKernelNameError, JitKernelsError, LockfileError, PatchError
+from ..errors import InvalidKernelNameError, LockfileError, PatchError
 
 __all__ = ["patch", "unpatch", "is_patched", "PATCHED_BINDINGS", "Patch"]
 
@@ -132,7 +132,6 @@ class _State:
     active = False
     provider = "hf_kernels"
     fallback: str | None = None  # patch(fallback=...); None: JITKERNELS_FALLBACK decides
-    cold_start = "block"  # "background": kernelize's hooks are wrapped (jitkernels.upstream.switching)
     hook_registered = False
     #: (module name, attribute) -> (original object, our wrapper)
     originals: dict[tuple[str, str], tuple[object, object]] = {}
@@ -481,7 +480,7 @@ def _apply() -> None:
             setattr(module, name, wrapper)
             _STATE.originals[(module_name, name)] = (original, wrapper)
     _forget_upstream_caches()
-    _apply_cold_start()
+    _switching().apply()
     if missing:
         warnings.warn(
             "jitkernels.patch(): this kernels version lacks bindings JitKernels redirects: "
@@ -491,20 +490,15 @@ def _apply() -> None:
         )
 
 
-def _apply_cold_start() -> None:
-    """kernelize's background cold start on or off, as ``_STATE.cold_start`` says (caller holds ``_LOCK``)."""
+def _switching():
+    """The background cold start's hooks into kernelize (:mod:`jitkernels.upstream.switching`)."""
     from . import switching
 
-    if _STATE.cold_start == "background":
-        switching.install()
-    else:
-        switching.uninstall()
+    return switching
 
 
 def _restore() -> None:
-    from . import switching
-
-    switching.uninstall()
+    _switching().reset()
     for (module_name, name), (original, wrapper) in list(_STATE.originals.items()):
         module = sys.modules.get(module_name)
         if module is not None:
@@ -555,15 +549,11 @@ def _kernels_installed() -> bool:
 
 
 def _patch(provider, *, autopatch: bool = False, fallback=None, cold_start=None) -> bool:
-    from .. import coldstart
     from ..providers import provider_name
 
     canonical = provider_name(provider)
     fallback = _check_fallback(fallback)
-    try:
-        cold_start = coldstart.mode(cold_start)
-    except JitKernelsError as exc:
-        raise PatchError(f"jitkernels.patch(): {exc}") from None
+    cold_start = _switching().check(cold_start)
     with _LOCK:
         if not _kernels_installed():
             message = ("jitkernels.patch(): the upstream `kernels` package is not installed, so there is "
@@ -575,11 +565,11 @@ def _patch(provider, *, autopatch: bool = False, fallback=None, cold_start=None)
         was_active = _STATE.active
         _STATE.provider = canonical
         _STATE.fallback = fallback
-        _STATE.cold_start = cold_start
+        _switching().configure(cold_start)
         _STATE.active = True
         if was_active:
             if sys.modules.get("kernels") is not None:
-                _apply_cold_start()
+                _switching().apply()
             return False
         if sys.modules.get("kernels") is not None:
             _apply()
@@ -649,7 +639,6 @@ def unpatch() -> None:
     with _LOCK:
         _STATE.active = False
         _STATE.fallback = None
-        _STATE.cold_start = "block"
         _restore()
 
 

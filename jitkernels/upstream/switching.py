@@ -55,6 +55,7 @@ import weakref
 
 from .. import coldstart, config
 from ..cache.entries import BuildDeferred, deferring
+from ..errors import JitKernelsError, PatchError
 from ..log import warning_once
 
 #: The module globals of kernelize's layer module that are wrapped.
@@ -67,6 +68,38 @@ _INSTALLED: dict[str, tuple] = {}
 _PENDING: dict[tuple, "_Pending"] = {}
 #: pending class -> _Pending
 _BY_CLASS: dict[type, "_Pending"] = {}
+
+
+#: The mode patch() asked for (jitkernels.upstream.patching calls configure/apply/reset under its lock).
+_MODE = coldstart.BLOCK
+
+
+def check(cold_start) -> str:
+    """``patch(cold_start=...)``: ``background`` or ``block`` (None: ``JITKERNELS_COLD_START``); else PatchError."""
+    try:
+        return coldstart.mode(cold_start)
+    except JitKernelsError as exc:
+        raise PatchError(f"jitkernels.patch(): {exc}") from None
+
+
+def configure(mode: str) -> None:
+    """Remember the mode of the active patch; :func:`apply` acts on it once ``kernels`` is imported."""
+    global _MODE
+    _MODE = mode
+
+
+def apply() -> None:
+    """kernelize's hooks installed or removed, as the configured mode says (``kernels`` is imported)."""
+    if _MODE == coldstart.BACKGROUND:
+        install()
+    else:
+        uninstall()
+
+
+def reset() -> None:
+    """``unpatch()``: back to blocking, upstream's functions back."""
+    configure(coldstart.BLOCK)
+    uninstall()
 
 
 def layer_module():
