@@ -20,6 +20,7 @@ __all__ = [
     "load_local",
     "inspect_local",
     "warmup",
+    "function",
     "JitKernelsError",
     "__version__",
 ]
@@ -119,6 +120,43 @@ def _aliased(module, alias):
     return make_alias(module, alias)
 
 
+def function(provider, name: str, function: str, *, fallback=None, revision: str | None = None,
+             version: int | None = None, backend: str | None = None, trust_remote_code: bool | list[str] = False,
+             cold_start: str | None = None):
+    """The function ``function`` of kernel ``name``; with ``cold_start="background"``, never waiting for a build.
+
+    ``cold_start="block"`` (the default, or ``JITKERNELS_COLD_START`` when None): the kernel is
+    loaded as :func:`load` does (building it if needed) and its function returned.
+    ``"background"``: a native kernel in neither the local nor the remote cache is built in
+    another process, and a callable is returned at once that runs ``fallback`` (required:
+    the same signature, e.g. the PyTorch code the kernel replaces) until the build is
+    published, then the kernel's function (see :mod:`jitkernels.coldstart`).
+    """
+    from . import coldstart
+    from .errors import ColdStartError, KernelNotFoundError
+
+    mode = coldstart.mode(cold_start)
+
+    def resolve():
+        module = load(provider, name, revision=revision, version=version, backend=backend,
+                      trust_remote_code=trust_remote_code)
+        found = getattr(module, function, None)
+        if not callable(found):
+            raise KernelNotFoundError(f"Kernel {name} has no function {function!r} "
+                                      f"(it has: {', '.join(n for n in dir(module) if not n.startswith('_'))}).")
+        return found
+
+    if mode == coldstart.BLOCK:
+        return resolve()
+    if not callable(fallback):
+        raise ColdStartError(f"jitkernels.function({name!r}, {function!r}, cold_start='background') needs "
+                             f"fallback=<the code to run until the kernel is built>.")
+    found, build = coldstart.load_or_defer(resolve)
+    if build is None:
+        return found
+    return coldstart.SwitchingFunction(f"{name}.{function}", fallback, build, resolve)
+
+
 def has(provider, name: str, *, revision: str | None = None, version: int | None = None,
         backend: str | None = None, trust_remote_code: bool | list[str] = False) -> bool:
     """True if the kernel exists and can be loaded for the backend; never raises for "not there" or a network failure.
@@ -187,17 +225,20 @@ def warmup(provider, names, *, revision: str | None = None, version: int | None 
 __all__ += ["patch", "unpatch", "pin"]
 
 
-def patch(provider="hf_kernels", *, fallback: str | None = None):
+def patch(provider="hf_kernels", *, fallback: str | None = None, cold_start: str | None = None):
     """Redirect the upstream ``kernels`` package (``get_kernel``, ``kernelize``...) to JitKernels.
 
     Idempotent and thread safe; works before or after ``import kernels``;
     usable as ``with jitkernels.patch(): ...`` and ``@jitkernels.patch()``.
     ``fallback="upstream"`` (or ``JITKERNELS_FALLBACK=upstream``) hands kernels
-    JitKernels cannot build to upstream's binary loader. See :mod:`jitkernels.upstream.patching`.
+    JitKernels cannot build to upstream's binary loader. ``cold_start="background"``
+    (or ``JITKERNELS_COLD_START=background``): kernelized layers run their own forward
+    while a cold native kernel builds in another process, then switch (see
+    :mod:`jitkernels.coldstart`). See :mod:`jitkernels.upstream.patching`.
     """
     from .upstream.patching import patch as _patch
 
-    return _patch(provider, fallback=fallback)
+    return _patch(provider, fallback=fallback, cold_start=cold_start)
 
 
 def unpatch() -> None:

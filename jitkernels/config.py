@@ -365,6 +365,12 @@ def fallback() -> str:
     return os.environ.get("JITKERNELS_FALLBACK", "").strip().lower()
 
 
+def cold_start() -> str:
+    """``JITKERNELS_COLD_START``: ``background`` serves layers with their own code while a cold native kernel
+    builds in another process (:mod:`jitkernels.coldstart`); ``block`` (default, or unset) waits; raw."""
+    return os.environ.get("JITKERNELS_COLD_START", "").strip().lower()
+
+
 # -- the machine ----------------------------------------------------------------------------------
 
 def visible_devices() -> tuple[str, str, str]:

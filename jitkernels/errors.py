@@ -102,6 +102,10 @@ class PatchError(JitKernelsError, RuntimeError):
     """``jitkernels.patch()`` could not redirect the upstream ``kernels`` package."""
 
 
+class ColdStartError(JitKernelsError, ValueError):
+    """An unknown ``cold_start`` mode, or a background cold start asked for without a fallback to serve."""
+
+
 class RemoteCacheError(CacheError):
     """``JITKERNELS_REMOTE_CACHE`` is misconfigured (bad URL or mode, missing fsspec backend).
 

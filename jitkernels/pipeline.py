@@ -19,13 +19,16 @@ what needs no resolution)::
 
 from __future__ import annotations
 
+import os
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 
 from . import config, machine, warm
 from .cache import index, layout
+from .cache.entries import BuildDeferred
 from .errors import (
     BuildConfigError,
     FetchError,
@@ -349,7 +352,8 @@ def load_kernel(provider, name: str, *, revision=None, version=None, backend=Non
     ref = prov.parse_name(name)
     rev = revision_for(revision, version)
     backend = _backend(backend)
-    with _kernel_lock(prov.name, ref.repo_id):
+    with _kernel_lock(prov.name, ref.repo_id), _deferred_as(provider=prov.name, name=name, revision=rev,
+                                                           backend=backend, trust_remote_code=trust_remote_code) as load:
         local = local_override(ref)
         if local is not None:
             return load_snapshot(local, name, backend, module_name=module_name, trust_remote_code=trust_remote_code)
@@ -379,6 +383,7 @@ def load_kernel(provider, name: str, *, revision=None, version=None, backend=Non
             raise unreachable
         if snapshot is None:
             snapshot = _resolve(prov, ref, commit, trust_remote_code)
+        load["revision"] = snapshot.commit  # a background builder prepares exactly this commit
         module = load_snapshot(snapshot, name, backend, index_ids={ref.repo_id}, module_name=module_name,
                                locked=locked, trust_remote_code=trust_remote_code)
         warm.remember((str(layout.root()), prov.name, ref.repo_id, snapshot.commit, backend), module, snapshot.trust)
@@ -388,7 +393,20 @@ def load_kernel(provider, name: str, *, revision=None, version=None, backend=Non
 def load_local_path(path, *, backend=None, name: str | None = None) -> ModuleType:
     """Load a kernel from a local source tree, repo folder with ``build/``, or one build variant folder."""
     snapshot, asked = local_folder(path, name)
-    return load_snapshot(snapshot, asked, _backend(backend))
+    backend = _backend(backend)
+    with _deferred_as(path=os.path.abspath(os.fspath(path)), name=name, backend=backend):
+        return load_snapshot(snapshot, asked, backend)
+
+
+@contextmanager
+def _deferred_as(**load):
+    """A build deferred below (:class:`BuildDeferred`) is described as this load, which its builder repeats
+    (:mod:`jitkernels.coldstart`); the outermost load's description wins (kernel-depends build with it)."""
+    try:
+        yield load
+    except BuildDeferred as deferred:
+        deferred.load = dict(load)
+        raise
 
 
 def _locked(prov, ref: KernelRef, rev: str | None):

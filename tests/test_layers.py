@@ -28,8 +28,9 @@ LAYERS = [
     ("plan", ["plan.buildconfig", "plan.metadata", "inputs", "inputs.*", "plan.strategy", "plan.inspection",
               "plan.planner"]),
     ("build", ["build.toolchain", "build.python", "build.native.*"]),
-    ("pipeline", ["pipeline", "batch"]),
-    ("entry points", ["hub", "hub._pins", "upstream.errors", "upstream.seam", "upstream.patching", "upstream.autopatch",
+    ("pipeline", ["pipeline", "batch", "coldstart"]),
+    ("entry points", ["hub", "hub._pins", "upstream.errors", "upstream.seam", "upstream.patching",
+                      "upstream.switching", "upstream.autopatch",
                       "upstream.export", "cli", "cli.*", "testing.*", "__init__", "__main__"]),
 ]
 #: Packages whose __init__ only documents the package (importing one of its modules runs it).

@@ -7,6 +7,11 @@ a load racing a prune either finds the whole entry or none, and rebuilds it.
 Indexes that pointed to a removed entry are harmless: a load finds the entry
 gone and takes the cold path.
 
+Background builds (:mod:`jitkernels.coldstart`) are listed from their records:
+``building`` while their builder holds the lock ``background:<entry>``, ``failed``
+(with the error and the logs) until the cache is cleared or a later build
+succeeds, ``stopped`` when the builder died without a word (SIGKILL, OOM).
+
 "Last use" is when a load last imported the entry: the warm path refreshes the
 entry folder's mtime at most once an hour (:func:`jitkernels.cache.index.note_use`;
 a read-only cache keeps its publication time). A long-lived process that
@@ -100,6 +105,53 @@ def describe(folder: Path, full: bool = False) -> EntryInfo:
         intact=problem is None,
         problem=problem,
     )
+
+
+@dataclass(frozen=True)
+class BackgroundBuildInfo:
+    """A background build as ``cache list`` and ``doctor`` show it."""
+
+    entry: str
+    kernel: str | None
+    state: str  # "building" | "failed" | "stopped"
+    pid: int | None
+    host: str | None
+    requested_by: str | None  # <host>.<pid> of the process that asked for it
+    started: float | None
+    finished: float | None
+    log: str | None  # the builder's whole output
+    build_log: str | None  # the compiler output (failures)
+    error: str | None
+
+    def to_dict(self) -> dict:
+        return {"kind": "background-build", **asdict(self)}
+
+
+def background_builds() -> list[BackgroundBuildInfo]:
+    """Background builds in progress, failed, or stopped, from ``background/<entry>.json``."""
+    folder = layout.root() / "background"
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.glob("*.json")):
+        record = read_json(path) or {}
+        entry = path.name[: -len(".json")]
+        running = locks.holder(f"background:{entry}")
+        state = "building" if running is not None else ("failed" if record.get("state") == "failed" else "stopped")
+        if state == "building" and not record:  # its builder has the lock but did not write yet
+            record = {"pid": running.get("pid"), "host": running.get("host"), "log": running.get("log")}
+        found.append(BackgroundBuildInfo(
+            entry=entry, kernel=record.get("kernel"), state=state, pid=_number(record, "pid"), host=record.get("host"),
+            requested_by=record.get("requested_by"), started=_number(record, "started"),
+            finished=_number(record, "finished"),
+            log=record.get("log"), build_log=record.get("build_log"), error=record.get("error"),
+        ))
+    return found
+
+
+def _number(record: dict, key: str):
+    value = record.get(key)
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def list_entries(full: bool = False) -> list[EntryInfo]:

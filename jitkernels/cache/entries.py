@@ -11,6 +11,7 @@ entry as a :class:`Recipe`; :func:`obtain` is the whole policy::
         damaged?                       -> report once, discard
         [native: in the remote cache?  -> fetch, verify every sha256, publish; done]
         JITKERNELS_DISABLE_BUILD and native -> BuildError (a fleet's prebuilt cache missed)
+        inside deferring() and native   -> BuildDeferred (the caller builds it elsewhere; see below)
         [native: hold the build workspace, kept across interruptions and local edits]
         stage -> recipe.fill -> manifest -> verify -> bytecode -> umask -> one rename
         [native: store to the remote cache, in write mode]
@@ -18,11 +19,18 @@ entry as a :class:`Recipe`; :func:`obtain` is the whole policy::
 Nothing half-made is ever published, and every filesystem failure is a
 :class:`~jitkernels.errors.CacheError` naming the path and ``JITKERNELS_CACHE``.
 After publication the pipeline records the warm-path indexes (:mod:`.index`).
+
+Inside :func:`deferring` (the background cold start, :mod:`jitkernels.coldstart`) a
+compiled entry that is neither published nor in the remote cache is not built in
+this process: :class:`BuildDeferred` is raised instead, also when another process
+holds the entry's lock (it is building it: nobody waits). The builder that runs
+later, elsewhere, goes through this same function.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import shutil
 from dataclasses import dataclass
@@ -30,7 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import config
-from ..errors import BuildError, CacheError
+from ..errors import BuildError, CacheError, LockTimeoutError
 from ..log import logger, warning_once
 from . import layout, locks, workspaces
 from .files import cache_error, check_owner, ensure_dir, guard, umask
@@ -59,6 +67,37 @@ class Recipe:
     log: Path | None = None
 
 
+class BuildDeferred(Exception):
+    """Raised inside :func:`deferring` where a compiled entry would be built (a signal, not a JitKernelsError).
+
+    ``name`` is the cache entry that is missing (``log`` its build log), ``busy`` is True when another process holds
+    its lock (building it now). The pipeline fills ``load``: what to prepare in the process
+    that builds it (the outermost load: a kernel whose kernel-depends is cold is deferred whole).
+    """
+
+    def __init__(self, name: str, what: str, log: Path | None, busy: bool):
+        super().__init__(f"{what}: deferred ({'another process is building it' if busy else 'not built yet'})")
+        self.name, self.what, self.log, self.busy = name, what, log, busy
+        self.load: dict | None = None
+
+
+_DEFERRING: contextvars.ContextVar[bool] = contextvars.ContextVar("jitkernels_deferring", default=False)
+
+
+@contextlib.contextmanager
+def deferring():
+    """While the block runs (in this thread), compiled entries are not built here: :class:`BuildDeferred`."""
+    token = _DEFERRING.set(True)
+    try:
+        yield
+    finally:
+        _DEFERRING.reset(token)
+
+
+def deferring_builds() -> bool:
+    return _DEFERRING.get()
+
+
 def obtain(recipe: Recipe) -> Path:
     """The published entry for ``recipe``, made (once, across processes) if needed."""
     entry = layout.entry_dir(recipe.name)
@@ -68,13 +107,16 @@ def obtain(recipe: Recipe) -> Path:
     remote = _remote(recipe)
     if remote is None:
         _check_build_allowed(recipe, entry)
-    with locks.hold(f"entry:{recipe.name}", recipe.what, recipe.log):
+    defer = recipe.compiled and deferring_builds()
+    with _entry_lock(recipe, defer):
         problem = check_entry(entry)
         if problem is None:
             return entry
         if entry.exists():
             warning_once(f"The cached kernel {entry.name} is damaged ({problem}); it is rebuilt.")
             discard(entry)
+        if defer and remote is None:
+            raise BuildDeferred(recipe.name, recipe.what, recipe.log, busy=False)
         with workspaces.staging(recipe.name) as out:
             if remote is not None and remote.fetch(recipe.name, recipe.build_key, out, _kernel_of(recipe)):
                 with guard(out):
@@ -82,6 +124,8 @@ def obtain(recipe: Recipe) -> Path:
                 logger.info("jitkernels: %s came from the remote cache %s", recipe.name, remote)
                 return entry
             _check_build_allowed(recipe, entry)
+            if defer:
+                raise BuildDeferred(recipe.name, recipe.what, recipe.log, busy=False)
             with _workspace(recipe) if recipe.workspace else contextlib.nullcontext() as work:
                 with guard(out):
                     extra = recipe.fill(out, work)
@@ -91,6 +135,19 @@ def obtain(recipe: Recipe) -> Path:
         if remote is not None:
             remote.store(recipe.name, entry)
     return entry
+
+
+@contextlib.contextmanager
+def _entry_lock(recipe: Recipe, defer: bool):
+    """The entry's lock; when deferring, a held lock is a :class:`BuildDeferred` (someone builds it), never a wait."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(locks.hold(f"entry:{recipe.name}", recipe.what, recipe.log, wait=not defer))
+        except LockTimeoutError:
+            if not defer:
+                raise
+            raise BuildDeferred(recipe.name, recipe.what, recipe.log, busy=True) from None
+        yield
 
 
 def _remote(recipe: Recipe):

@@ -31,6 +31,8 @@ entries/<entry name>/                            published, immutable: a kernel 
                                                  | a CUDA home (bin/nvcc, nvvm/, include/, lib/)
 builds/<workspace>/                              a native build's sources and objects (resume, incremental)
 logs/<extension>.log                             full compiler output of the last build
+background/<entry name>.json                     a background build (cold start): who, what, its log, a failure
+logs/background/<entry name>.<host>.<pid>.log    that builder's whole output (progress, errors); pid: who asked
 staging/<prefix>.<host>.<boot>.<pid>.<random>/   private work folders, each owned by a file lock
 locks/<sha256 of the key>.lock                   filelock files, and <lock>.holder.json: who holds them
 machine/<key>.json                               GPU backend/archs detected once per boot
@@ -97,6 +99,16 @@ def log_file(name: str) -> Path:
     return root() / "logs" / f"{name}.log"
 
 
+def background_record(name: str) -> Path:
+    """The record of a background build of entry ``name`` (:mod:`jitkernels.coldstart`)."""
+    return root() / "background" / f"{name}.json"
+
+
+def background_log(name: str, owner: str) -> Path:
+    """The whole output of the background builder of entry ``name`` that ``owner`` (``<host>.<pid>``) started."""
+    return root() / "logs" / "background" / f"{name}.{owner}.log"
+
+
 def staging_dir() -> Path:
     return root() / "staging"
 
@@ -110,4 +122,4 @@ def machine_memo_file(key: str) -> Path:
 
 
 #: What ``jitkernels cache clear`` removes besides the entries: everything rebuilt on demand.
-DERIVED = ("index", "local", "refs", "logs", "machine")
+DERIVED = ("index", "local", "refs", "logs", "machine", "background")

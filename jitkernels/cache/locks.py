@@ -147,3 +147,24 @@ def hold(key: str, what: str, log: Path | None = None, wait: bool = True):
         with contextlib.suppress(OSError):
             os.unlink(record_path)
         lock.release()
+
+
+def holder(key: str) -> dict | None:
+    """Who holds the lock of ``key`` now (its record, ``{}`` if it has none), or None if nobody does.
+
+    A probe that never waits: it tries the lock once and lets it go at once.
+    """
+    import filelock
+
+    lock_file = layout.lock_path(key)
+    if not lock_file.exists():
+        return None
+    lock = filelock.FileLock(str(lock_file), is_singleton=False)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        return read_json(_record_path(lock_file)) or {}
+    except OSError:
+        return None
+    lock.release()
+    return None

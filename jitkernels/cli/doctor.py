@@ -6,8 +6,10 @@ Each section is a plain dict (the CLI prints them as a table or as JSON):
 (host compiler, ninja), ``cuda`` (which nvcc a CUDA build would use and why:
 the local toolkits, provisioned compilers, whether the package index may
 provide one, see :mod:`jitkernels.build.toolchain`), ``gpus`` (from the per-boot memo when there is
-one, so CUDA is not initialised), ``cache`` (folder, size, entries), ``hub``
-(reachable with a short timeout, skipped offline). A section that cannot be
+one, so CUDA is not initialised), ``cache`` (folder, size, entries),
+``background`` (the cold-start mode; background builds running, failed or
+stopped, one line each with its log), ``hub`` (reachable with a short
+timeout, skipped offline). A section that cannot be
 determined says so in an ``error`` key: the doctor itself never fails.
 
 ``kernel(name)`` resolves and plans the kernel (no build, no binary
@@ -180,6 +182,25 @@ def cache_facts() -> dict:
     }
 
 
+def background() -> dict:
+    """The cold-start mode, and each background build of the cache (:mod:`jitkernels.coldstart`) with its log."""
+    from .. import coldstart
+    from ..cache import admin
+
+    builds = admin.background_builds()
+    out = {"cold_start": coldstart.mode(), "building": sum(b.state == "building" for b in builds),
+           "failed": sum(b.state == "failed" for b in builds)}
+    for b in builds:
+        if b.state == "building":
+            what = f"building (pid {b.pid} on {b.host})"
+        elif b.state == "failed":
+            what = f"FAILED: {b.error}" + (f"; compiler output {b.build_log}" if b.build_log else "")
+        else:
+            what = "stopped (its builder died)"
+        out[b.entry] = f"{b.kernel}: {what}; log {b.log}"
+    return out
+
+
 def hub() -> dict:
     endpoint = config.hf_endpoint().rstrip("/")
     if config.hf_offline():
@@ -213,6 +234,7 @@ def report(name: str | None = None, *, provider="hf_kernels", revision=None, ver
         "cuda": _safe(cuda),
         "gpus": _safe(gpus),
         "cache": _safe(cache_facts),
+        "background": _safe(background),
         "hub": _safe(hub),
     }
     if name is not None:

@@ -456,7 +456,8 @@ def _add_cache(sub) -> None:
     _add_json(p)
     p.set_defaults(func=cmd_cache, action=None)
     actions = p.add_subparsers(dest="action", parser_class=_Parser)
-    q = actions.add_parser("list", help="every entry: kernel, revision, backend, archs, ABI, size, last use")
+    q = actions.add_parser("list", help="every entry: kernel, revision, backend, archs, ABI, size, last use; "
+                                        "then background builds (running, failed) and their logs")
     _add_json(q)
     q = actions.add_parser("info", help="the entries of one kernel (or one entry folder name)")
     q.add_argument("name")
@@ -518,13 +519,15 @@ def cmd_cache(args) -> int:
                 print(f"kept {e.name}: in use by another process", file=sys.stderr)
             print(f"{verb} {len(removed)} entries, {tables.human_size(sum(e.size for e in removed))}")
         return 0
+    background = cache_admin.background_builds() if action == "list" else []
     if args.json:
-        _print_json([e.to_dict() for e in infos])
+        _print_json([e.to_dict() for e in infos] + [b.to_dict() for b in background])
     elif action == "info":
         for e in infos:
             print(tables.entry_info(e) + "\n")
     else:
         tables.print_entries(infos)
+        tables.print_background_builds(background)
     return 0
 
 

@@ -81,3 +81,21 @@ def print_entries(infos, out=None) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip(), file=out)
     total = sum(e.size for e in infos)
     print(f"{len(infos)} entries, {human_size(total)} in {layout.root()}", file=out)
+
+
+def print_background_builds(builds, out=None) -> None:
+    """``jitkernels cache list``, after the entries: background builds running, failed or stopped, with their logs."""
+    out = out if out is not None else sys.stdout
+    if not builds:
+        return
+    print("background builds:", file=out)
+    for b in builds:
+        if b.state == "building":
+            state = f"building since {when(b.started)} (pid {b.pid or '?'} on {b.host or '?'})"
+        elif b.state == "failed":
+            state = f"FAILED {when(b.finished)}: {b.error or 'unknown error'}"
+        else:
+            state = f"stopped (its builder, pid {b.pid or '?'} on {b.host or '?'}, died without a word)"
+        asked = f", for {b.requested_by}" if b.requested_by else ""
+        print(f"  {b.entry}  {b.kernel or '-'}  {state}{asked}", file=out)
+        print(f"    log: {b.log or '-'}" + (f"  compiler output: {b.build_log}" if b.build_log else ""), file=out)

@@ -95,6 +95,14 @@ matching commands). ``load_kernel`` upstream never downloads; patched, a
 locked commit that is not prepared yet is fetched (``HF_HUB_OFFLINE=1`` for
 cache-only).
 
+Opt-in background cold start: ``patch(cold_start="background")`` or
+``JITKERNELS_COLD_START=background`` (read when ``patch()`` runs; the autopatch
+hook reads it at startup): a layer whose native kernel is in neither the local
+nor the remote cache keeps its original forward while the kernel builds in
+another process, and switches on its next call once it is published
+(:mod:`jitkernels.upstream.switching`, :mod:`jitkernels.coldstart`). A direct
+``get_kernel`` call still waits for its build (it must return the module).
+
 ``kernels`` not installed: ``patch()`` raises :class:`~jitkernels.errors.PatchError`;
 the autopatch hook (``JITKERNELS_AUTOPATCH=1``) instead warns once and does nothing.
 """
@@ -504,6 +512,7 @@ def _apply() -> None:
     by_id = {id(o): (o, w) for o, w in _STATE.wrappers.values()}
     _STATE.swap.apply(by_id)
     seam.forget_caches(kernels)
+    _switching().apply()
     _say_what_is_redirected(kernels)
 
 
@@ -531,7 +540,15 @@ def _say_what_is_redirected(kernels) -> None:
                      f"self-check found {'nothing missed' if not problems else 'gaps'}: {works}.")
 
 
+def _switching():
+    """The background cold start's hooks into kernelize (:mod:`jitkernels.upstream.switching`)."""
+    from . import switching
+
+    return switching
+
+
 def _restore() -> None:
+    _switching().reset()
     by_id = {id(o): (o, w) for o, w in _STATE.wrappers.values()}
     for binding in _STATE.swap.restore(by_id):
         warnings.warn(
@@ -561,11 +578,12 @@ def _kernels_installed() -> bool:
         return False
 
 
-def _patch(provider, *, autopatch: bool = False, fallback=None) -> bool:
+def _patch(provider, *, autopatch: bool = False, fallback=None, cold_start=None) -> bool:
     from ..providers import provider_name
 
     canonical = provider_name(provider)
     fallback = _check_fallback(fallback)
+    cold_start = _switching().check(cold_start)
     with _LOCK:
         if not _kernels_installed():
             message = ("jitkernels.patch(): the upstream `kernels` package is not installed, so there is "
@@ -577,8 +595,11 @@ def _patch(provider, *, autopatch: bool = False, fallback=None) -> bool:
         was_active = _STATE.active
         _STATE.provider = canonical
         _STATE.fallback = fallback
+        _switching().configure(cold_start)
         _STATE.active = True
         if was_active:
+            if sys.modules.get("kernels") is not None:
+                _switching().apply()
             return False
         if sys.modules.get("kernels") is not None:
             _apply()
@@ -599,10 +620,11 @@ class Patch:
     for decorating is undone right away.
     """
 
-    def __init__(self, provider: str, owned: bool, fallback: str | None = None):
+    def __init__(self, provider: str, owned: bool, fallback: str | None = None, cold_start: str | None = None):
         self.provider = provider
         self.owned = owned
         self.fallback = fallback
+        self.cold_start = cold_start
 
     def __enter__(self) -> "Patch":
         return self
@@ -614,11 +636,11 @@ class Patch:
     def __call__(self, func):
         if self.owned:
             unpatch()  # decorating is not calling: patch only while func runs
-        provider, fallback = self.provider, self.fallback
+        provider, fallback, cold_start = self.provider, self.fallback, self.cold_start
 
         @functools.wraps(func)
         def patched(*args, **kwargs):
-            with patch(provider, fallback=fallback):
+            with patch(provider, fallback=fallback, cold_start=cold_start):
                 return func(*args, **kwargs)
 
         return patched
@@ -627,16 +649,19 @@ class Patch:
         return f"<jitkernels.patch provider={self.provider!r} active={is_patched()}>"
 
 
-def patch(provider="hf_kernels", *, fallback: str | None = None) -> Patch:
+def patch(provider="hf_kernels", *, fallback: str | None = None, cold_start: str | None = None) -> Patch:
     """Redirect the upstream ``kernels`` package to JitKernels (see the module docstring).
 
     ``fallback="upstream"``: kernels JitKernels cannot build go to upstream's
     loader (one warning each); None (default): ``JITKERNELS_FALLBACK`` decides.
+    ``cold_start="background"``: kernelize serves layers with their own forward while a cold
+    native kernel builds in another process, then switches; ``"block"`` waits for the build;
+    None (default): ``JITKERNELS_COLD_START`` decides.
     """
-    owned = _patch(provider, fallback=fallback)
+    owned = _patch(provider, fallback=fallback, cold_start=cold_start)
     from ..providers import provider_name
 
-    return Patch(provider_name(provider), owned, fallback)
+    return Patch(provider_name(provider), owned, fallback, cold_start)
 
 
 def unpatch() -> None:
@@ -653,7 +678,8 @@ def is_patched() -> bool:
 
 def autopatch() -> bool:
     """What the ``JITKERNELS_AUTOPATCH`` startup hook calls: like :func:`patch`, but a missing
-    ``kernels`` is a warning, and ``kernels`` is patched when first imported (never imported here)."""
+    ``kernels`` is a warning, and ``kernels`` is patched when first imported (never imported here).
+    ``JITKERNELS_COLD_START`` applies as for ``patch()``."""
     return _patch("hf_kernels", autopatch=True)
 
 

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 
 from ... import config, inputs, machine
+from ...cache import entries
 from ...errors import ToolchainError
 from ...plan.buildconfig import TARGET_INCLUDES, BuildConfig
 from . import flags as F
@@ -173,8 +174,10 @@ def make_spec(config_: BuildConfig, kernel: str, backend: str, kernels: tuple[st
     if not units:
         raise ToolchainError(f"{kernel}: nothing to compile for {backend} (no C++/CUDA sources).")
     declared = sorted({d for s in sections for d in s.depends if d != "torch"})
-    # With JITKERNELS_DISABLE_BUILD nothing may be fetched: the key needs only the pinned digests.
-    resolved = inputs.resolve_build_inputs(declared, backend, fetch=not config.disable_build())
+    # With JITKERNELS_DISABLE_BUILD, or when a missing build is deferred to a background builder
+    # (jitkernels.coldstart), nothing is fetched here: the key needs only the pinned digests.
+    resolved = inputs.resolve_build_inputs(declared, backend,
+                                           fetch=not (config.disable_build() or entries.deferring_builds()))
     defines = F.common_defines(extension_name, backend, stable, machine.cxx11_abi())
     cxx = [*defines, *F.release_flags(), *F.host_cxx_flags(), *F.cxx_standard(torch_mm)]
     cuda = [*defines, *F.release_flags(), *F.NVCC_COMMON, *F.nvcc_host_flags(), *F.cxx_standard(torch_mm)]
