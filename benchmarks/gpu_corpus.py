@@ -319,6 +319,9 @@ def suggest_cause(text: str) -> tuple[str, str]:
     def first(pattern):
         return next((line for line in lines if re.search(pattern, line)), None)
 
+    unversioned = first(r"A kernel version or revision must be specified")
+    if unversioned:  # the suite's own get_kernel(repo) call: kernels >= 0.17 refuses it, patched or not
+        return "the suite (get_kernel without version=/revision=, refused by kernels >= 0.17 too)", unversioned[:300]
     missing = first(r"ModuleNotFoundError: No module named|MissingPythonDependencyError")
     if missing:
         return "test environment", missing[:300]
@@ -379,7 +382,10 @@ def run_suite(kc: Path, name: str, env: dict, work: Path, seconds: float, record
         env["JITKERNELS_TRUSTED"] = ",".join(filter(None, [env.get("JITKERNELS_TRUSTED", ""), *aliases]))
     selection = TEST_SELECTION.get(name, ["tests"])
     log = work / f"{name}.pytest.log"
-    cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-o", "addopts=", *selection]
+    # A module that fails to collect (flash-mla's lib.py calls get_kernel without a version, which kernels
+    # >= 0.17 refuses, upstream's own loader too) is an error row; the suite's other modules still run.
+    cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-o", "addopts=",
+           "--continue-on-collection-errors", *selection]
     rc, wall = run_boxed(cmd, env, target, seconds, log)
     out = log.read_text(errors="replace")
     counts = {k.lower(): len(re.findall(rf"(?:::\S+| ){k}\b", out)) for k in ("PASSED", "FAILED", "SKIPPED", "ERROR")}

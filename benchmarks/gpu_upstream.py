@@ -3,7 +3,7 @@
     python benchmarks/gpu_upstream.py --kc /path/to/kernels-community --wheels wheels/gpu-upstream \\
         [--parts kernelize,attention] [--cutlass-archives DIR | --cutlass-dir DIR] [--out benchmarks/results]
 
-1. A venv with ``--system-site-packages`` (the machine's CUDA torch) gets exactly the wheels of
+1. A venv over this interpreter's site folders (the machine's CUDA torch) gets exactly the wheels of
    ``--wheels`` (kernels 0.19.1, transformers 5.25.0, huggingface_hub 2.4.0 and what they need that the
    machine lacks; ``pip install --no-index``, nothing downloaded). ``--venv`` reuses one.
 2. Each part runs in a child of that venv with ``JITKERNELS_AUTOPATCH=1`` (``hooks/sitecustomize.py``
@@ -45,6 +45,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRES = ["kernels==0.19.1", "transformers==5.25.0", "huggingface_hub==2.4.0"]
+JITKERNELS_DEPS = ["wrapt", "filelock"]  # jitkernels itself comes from the repository copy (PYTHONPATH)
 MAPPED = {  # what transformers 5.25's CUDA mapping asks for on a Llama: served from source trees
     "kernels-community/liger-kernels": "liger-kernels",
     "kernels-community/activation": "activation",
@@ -147,9 +148,22 @@ def make_venv(args) -> Path:
         wheels = sorted(Path(args.wheels).glob("*.whl"))
         if not wheels:
             sys.exit(f"no wheels in {args.wheels}: see --help for the list and the pip download command")
-        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+        # The machine's torch may itself live in a venv (the GPU machine's python3 is /opt/torch/.venv), which
+        # --system-site-packages does not see: a .pth appends this interpreter's site folders after the new
+        # venv's own, so its wheels (huggingface_hub 2.4.0 over the machine's 1.x) win and torch is found.
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        import sysconfig
+
+        theirs = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                check=True, capture_output=True, text=True).stdout.strip()
+        import site
+
+        ours = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
+                              *site.getsitepackages()])
+        Path(theirs, "zz-jitkernels-base.pth").write_text(
+            "".join(f"import site; site.addsitedir({folder!r})\n" for folder in ours))
         subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-index", "--find-links", str(args.wheels),
-                        *REQUIRES], check=True)
+                        *REQUIRES, *JITKERNELS_DEPS], check=True)
     return python
 
 

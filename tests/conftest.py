@@ -26,6 +26,11 @@ FIXTURES = ROOT / "tests" / "fixtures" / "kernels"
 collect_ignore_glob = ["fixtures/*"]
 EXAMPLES = ROOT / "jitkernels" / "examples" / "kernels"
 sys.path.insert(0, str(ROOT / "tests"))
+# Triton picks interpreter or compiler when it is first imported (tl.sum and the other library
+# functions are decorated then), so a test that imports Triton before another sets TRITON_INTERPRET
+# would break that one. Without a GPU every Triton kernel in this suite runs on the interpreter.
+if not os.path.exists("/dev/nvidia0"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def tree(folder: Path, prefix: str = "") -> dict[str, bytes]:
