@@ -6,6 +6,7 @@ The loading side always runs in a fresh interpreter that never imports JitKernel
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -50,6 +51,14 @@ def upstream_run(repo, check: str) -> str:
     return out.stdout
 
 
+def _upstream_variants():
+    """Upstream's variant parser: ``kernels.variants`` up to 0.18, ``kernels._internals.variants`` from 0.19."""
+    try:
+        return importlib.import_module("kernels.variants")
+    except ModuleNotFoundError:
+        return importlib.import_module("kernels._internals.variants")
+
+
 @pytest.mark.parametrize("kwargs,expected", [
     ({"backend": "cpu", "torch_version": "2.13.0", "cpu": "x86_64", "os_name": "linux"},
      "torch213-cxx11-cpu-x86_64-linux"),
@@ -62,7 +71,7 @@ def upstream_run(repo, check: str) -> str:
     ({"backend": "cuda", "python_only": True}, "torch-cuda"),
 ])
 def test_variant_names_parse_as_upstream_reads_them(kwargs, expected):
-    from kernels.variants import parse_variant
+    parse_variant = _upstream_variants().parse_variant
 
     name = variant_name(**kwargs)
     assert name == expected
@@ -70,7 +79,7 @@ def test_variant_names_parse_as_upstream_reads_them(kwargs, expected):
 
 
 def test_local_variant_is_the_one_upstream_selects_here():
-    from kernels.variants import parse_variant, resolve_variant
+    parse_variant, resolve_variant = _upstream_variants().parse_variant, _upstream_variants().resolve_variant
 
     name = variant_name("cpu", torch_version=environment.torch_version(), cxx11_abi=environment.cxx11_abi())
     other = variant_name("cpu", torch_version="2.1", cxx11_abi=True)
