@@ -78,7 +78,7 @@ def child(mode: str, tokens: int, after: int, seed: int, max_seconds: float) -> 
 
     jitkernels.patch(cold_start=mode)
     t0 = time.perf_counter()
-    with use_kernel_mapping({"SiLU": {"cuda": LayerRepository(LAYER_REPO, layer_name="Silu")}}, inherit_mapping=False):
+    with use_kernel_mapping({"SiLU": {"cuda": LayerRepository(LAYER_REPO, layer_name="Silu", version=1)}}, inherit_mapping=False):
         kernelize(model, mode=Mode.INFERENCE, device="cuda")
     kernelize_s = time.perf_counter() - t0
 
