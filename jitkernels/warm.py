@@ -51,6 +51,13 @@ def remember(key: tuple, module: ModuleType, trust: str | None) -> None:
     _LOADED_TRUST[key] = trust
 
 
+def loaded_for(repo_id: str) -> list[ModuleType]:
+    """The modules loaded in this process for ``repo_id`` (by repo id or by name) from the current cache."""
+    root = str(config.cache_dir())
+    return [module for key, module in list(LOADED.items())
+            if key[:1] == (root,) and key[2:3] in ((repo_id,), ("name:" + repo_id,))]
+
+
 def import_entry(record: dict, module_name: str | None = None) -> ModuleType | None:
     """Import a published entry after the owner and cheap integrity checks; None if absent, damaged or invalid."""
     if not valid_record(record):

@@ -11,7 +11,7 @@ import threading
 import pytest
 
 import jitkernels
-from jitkernels import batch as bulk_warmup
+from jitkernels import batch
 from jitkernels.cli.main import COMMANDS, build_parser, main
 
 from conftest import child_env
@@ -138,8 +138,8 @@ def test_warmup_runs_in_parallel_with_a_bounded_pool(monkeypatch):
         return type(sys)(f"_{name}_cpu_0")
 
     monkeypatch.setattr(pipeline, "load_kernel", fake_load)
-    targets = [bulk_warmup.Target(n) for n in ("a", "b", "c", "broken", "e")]
-    outcomes = bulk_warmup.run("hf", targets, jobs=2)
+    targets = [batch.Target(n) for n in ("a", "b", "c", "broken", "e")]
+    outcomes = batch.run("hf", targets, jobs=2)
     assert peak == 2
     assert [o.ok for o in outcomes] == [True, True, True, False, True]
     assert outcomes[3].error == {"type": "BuildError", "message": "Compiling broken for cpu failed in a.cpp "
@@ -158,7 +158,7 @@ def test_warmup_runs_in_parallel_with_a_bounded_pool(monkeypatch):
         return type(sys)(f"_{name}_cpu_0")
 
     monkeypatch.setattr(pipeline, "load_kernel", fake_load)
-    bulk_warmup.run("hf", targets, jobs=None)
+    batch.run("hf", targets, jobs=None)
     assert peak == 4  # the default bound
 
 

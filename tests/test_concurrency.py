@@ -117,7 +117,7 @@ def test_threads_importing_through_two_aliases_get_the_one_module():
 
 
 def test_sweep_keeps_a_staging_folder_whose_owner_lives_in_another_pid_namespace():
-    from jitkernels.cache import workspaces as cache
+    from jitkernels.cache import workspaces
 
     # A builder whose pid means nothing here (another container's PID namespace): pid 999999 is dead here.
     holder = start_python("""
@@ -132,13 +132,13 @@ def test_sweep_keeps_a_staging_folder_whose_owner_lives_in_another_pid_namespace
     try:
         folder = Path(holder.stdout.readline().strip())
         assert ".999999." in folder.name and os.uname().nodename in folder.name
-        with cache.staging("mine") as mine:  # sweeps on the way in
+        with workspaces.staging("mine") as mine:  # sweeps on the way in
             assert mine.is_dir()
         assert (folder / "obj.o").exists(), "a live builder's staging folder was swept"
     finally:
         holder.kill()
         holder.wait()
-    with cache.staging("again"):
+    with workspaces.staging("again"):
         pass
     assert not folder.exists(), "a dead builder's staging folder was left behind"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from jitkernels import machine as environment
+from jitkernels import machine
 from jitkernels.cli.main import main
 from jitkernels.upstream.export import variant_name
 
@@ -81,7 +81,7 @@ def test_variant_names_parse_as_upstream_reads_them(kwargs, expected):
 def test_local_variant_is_the_one_upstream_selects_here():
     parse_variant, resolve_variant = _upstream_variants().parse_variant, _upstream_variants().resolve_variant
 
-    name = variant_name("cpu", torch_version=environment.torch_version(), cxx11_abi=environment.cxx11_abi())
+    name = variant_name("cpu", torch_version=machine.torch_version(), cxx11_abi=machine.cxx11_abi())
     other = variant_name("cpu", torch_version="2.1", cxx11_abi=True)
     chosen, _trace = resolve_variant([parse_variant(other), parse_variant(name)], "cpu")
     assert chosen is not None and chosen.variant_str == name
@@ -113,14 +113,14 @@ def test_export_of_a_folder_without_a_kernel_is_a_clear_error(tmp_path, capsys):
 def test_native_cpu_export_loads_with_upstream_and_matches_torch(tmp_path, capsys):
     out = tmp_path / "export"
     assert main(["export", str(EXAMPLES / "scaled-add"), "--local", "--backend", "cpu", "--to", str(out)]) == 0
-    variant = variant_name("cpu", torch_version=environment.torch_version(), cxx11_abi=environment.cxx11_abi())
+    variant = variant_name("cpu", torch_version=machine.torch_version(), cxx11_abi=machine.cxx11_abi())
     folder = out / "build" / variant
     printed = capsys.readouterr()
     assert printed.out.strip() == str(folder)
     assert "hf upload <org>/<name> " in printed.err and "--repo-type kernel" in printed.err
     meta = json.loads((folder / "metadata.json").read_text())
     library = [f for f in meta["digest"]["files"] if f.endswith(".so")]
-    assert library == [meta["id"] + environment.extension_suffix()]
+    assert library == [meta["id"] + machine.extension_suffix()]
     upstream_run(out, (
         "x, y = torch.randn(10_000), torch.randn(10_000)\n"
         "torch.testing.assert_close(k.scaled_add(x, y, 0.25), x + 0.25 * y)\n"

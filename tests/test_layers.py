@@ -9,6 +9,7 @@ the standard library at module level, and ``errors.py`` imports nothing of ours.
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -90,11 +91,32 @@ def _edges(module: str, path: Path) -> list[tuple[str, int, bool]]:
             for alias in node.names:  # `from X import a`: the module X.a if there is one, else X itself
                 submodule = f"{base}.{alias.name}" if base else alias.name
                 targets.append(submodule if submodule in MODULES else base)
+        elif isinstance(node, ast.Call):
+            targets = _string_import(module, path, node)
         for target in targets:
             target = target or "__init__"
             if target in MODULES:
                 out.append((target, node.lineno, id(node) in top_level or _guarded_top(tree, node)))
     return out
+
+
+def _string_import(module: str, path: Path, call: ast.Call) -> list[str]:
+    """``importlib.import_module("jitkernels.x")``, ``import_module(".x", __name__)`` and the provider
+    registry's ``_lazy(".x", ...)``: imports by name are edges too."""
+    func = call.func
+    called = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+    if called not in ("import_module", "_lazy") or not call.args:
+        return []
+    first = call.args[0]
+    if not (isinstance(first, ast.Constant) and isinstance(first.value, str)):
+        return []  # a computed name (the import hook's kernels) is not a package module
+    name = first.value
+    if name == "jitkernels" or name.startswith("jitkernels."):
+        return [name[len("jitkernels."):] if "." in name else ""]
+    if name.startswith("."):
+        level = len(name) - len(name.lstrip("."))
+        return [_resolve(module, path, level, name.lstrip(".") or None)]
+    return []
 
 
 def _guarded_top(tree: ast.Module, node: ast.AST) -> bool:
@@ -111,6 +133,43 @@ GRAPH = {m: _edges(m, p) for m, p in MODULES.items()}
 def test_every_module_has_a_layer():
     for module in MODULES:
         _layer_of(module)
+
+
+def test_every_layer_entry_names_a_module():
+    """A name left in the table after its module moved would hide where the new one belongs."""
+    for layer, members in LAYERS:
+        for member in members:
+            if member.endswith(".*"):
+                assert any(m.startswith(member[:-1]) for m in MODULES), f"{layer}: {member} matches no module"
+            else:
+                assert member in MODULES, f"{layer}: {member} is not a module of jitkernels/"
+
+
+def test_the_architecture_picture_shows_these_layers():
+    """docs/architecture.md's picture: the same layers, top to bottom, each module it names in its own layer."""
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    picture = text.split("```text", 1)[1].split("```", 1)[0]
+    names = [name for name, _members in LAYERS]
+    drawn, placed = [], []
+    for line in picture.splitlines():
+        if not line.strip() or line.strip().startswith("-"):
+            continue
+        head = line[:16].strip()
+        if head:
+            drawn.append(head)
+        assert drawn, f"the picture starts without a layer name: {line!r}"
+        for token in re.findall(r"(?<![\w.])([a-z_]+(?:/[a-z_]+)*(?:\.py|/))", line[16:]):
+            module = token[:-3] if token.endswith(".py") else token[:-1]
+            module = module.replace("/", ".")
+            if module in MODULES and module not in DOC_ONLY_PACKAGES:  # upstream/: its modules sit in two layers
+                placed.append((drawn[-1], module))
+    assert drawn == names[::-1]
+    wrong = [f"{module} drawn in {layer}, placed in {names[_layer_of(module)]}"
+             for layer, module in placed if names[_layer_of(module)] != layer]
+    assert wrong == []
+    missing = [m for m in MODULES if "." not in m and m != "__main__" and m not in DOC_ONLY_PACKAGES
+               and m not in {mod for _l, mod in placed}]
+    assert missing == [], f"top-level modules the picture does not show: {missing}"
 
 
 def upward_imports(graph) -> list[str]:
@@ -187,3 +246,10 @@ def test_the_checks_see_a_circle_and_an_upward_import():
     bad = {"errors": [("pipeline", 3, False)], "pipeline": [("errors", 1, True)], "warm": []}
     assert upward_imports(bad) == ["jitkernels/errors:3 imports pipeline (foundation -> pipeline)"]
     assert circles(bad) == [["errors", "pipeline"]]
+
+
+def test_imports_by_name_are_edges():
+    """``importlib.import_module`` with a constant name and the registry's ``_lazy`` are seen as imports."""
+    providers = {t for t, _line, _top in GRAPH["providers"]}
+    assert "providers.hf" in providers
+    assert "hub" in {t for t, _line, _top in GRAPH["__init__"]}

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from jitkernels import machine as environment
+from jitkernels import machine
 from jitkernels.build import toolchain
 from jitkernels.plan.buildconfig import parse_build_toml
 from jitkernels.build.native import flags as F
@@ -178,7 +178,7 @@ def test_cache_key_changes_with_every_input(monkeypatch):
     base = spec(CONFIG, "cpu", ("scaled_add_cpu",), monkeypatch).key()
     assert spec(CONFIG, "cpu", ("scaled_add_cpu",), monkeypatch, digest="e" * 64).key() != base
     with monkeypatch.context() as m:
-        m.setattr(environment, "torch_version", lambda: "9.9.0")
+        m.setattr(machine, "torch_version", lambda: "9.9.0")
         assert spec(CONFIG, "cpu", ("scaled_add_cpu",), monkeypatch).key() != base
     cuda90 = spec(CONFIG, "cuda", ("scaled_add",), monkeypatch, archs="9.0").key()
     assert spec(CONFIG, "cuda", ("scaled_add",), monkeypatch, archs="8.0").key() != cuda90
@@ -186,13 +186,13 @@ def test_cache_key_changes_with_every_input(monkeypatch):
 
 def test_free_threaded_interpreter_gets_its_own_abi_tag_and_no_abi3(monkeypatch):
     monkeypatch.setattr(sys, "abiflags", "t", raising=False)
-    assert environment.free_threaded()
-    assert environment.python_abi_tag().endswith("t")
+    assert machine.free_threaded()
+    assert machine.python_abi_tag().endswith("t")
     import sysconfig
 
     monkeypatch.setattr(sysconfig, "get_config_var",
                         lambda name: ".cpython-313t-x86_64-linux-gnu.so" if name == "EXT_SUFFIX" else None)
-    assert environment.extension_suffix() == ".cpython-313t-x86_64-linux-gnu.so"
+    assert machine.extension_suffix() == ".cpython-313t-x86_64-linux-gnu.so"
     s_ft = spec(CONFIG, "cpu", ("scaled_add_cpu",), monkeypatch)
     assert ("python", f"cp{sys.version_info[0]}{sys.version_info[1]}t") in s_ft.toolchain
     monkeypatch.setattr(sys, "abiflags", "")

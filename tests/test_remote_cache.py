@@ -1,6 +1,6 @@
-"""The remote artifact cache (jitkernels.remote) against a shared folder (file://) and a real S3 server (moto).
+"""The remote artifact cache (jitkernels.cache.remote) against a shared folder (file://) and a real S3 server (moto).
 
-Entries are made here in the published format (jitkernels.entries.write_manifest):
+Entries are made here in the published format (jitkernels.cache.manifest.write_manifest):
 an importable package with a "compiled library", its manifest with sizes, sha256s and the build key.
 """
 

@@ -28,6 +28,7 @@ import time
 from importlib import metadata
 
 from .. import config, machine
+from ..cache import layout
 from ..errors import JitKernelsError, error_record
 
 #: Seconds the Hub check waits (it only asks whether the endpoint answers).
@@ -160,7 +161,7 @@ def _creatable(folder) -> bool:
 def cache_facts() -> dict:
     folder = config.cache_dir()
     size, files = _size(folder) if folder.is_dir() else (0, 0)
-    entries = folder / "entries"
+    entries = layout.entries_dir()
     try:
         from huggingface_hub import constants
 

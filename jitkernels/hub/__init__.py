@@ -122,7 +122,7 @@ class KernelModuleNotFoundError(ModuleNotFoundError, JitKernelsError):
 
     ``reason`` is the inspection's reason (``missing-source``, ``no-backend``...)
     or one of ``not-found``, ``revision-not-found``, ``offline``, ``invalid-name``;
-    ``inspection`` is the full :class:`~jitkernels.inspection.Inspection` when one was made.
+    ``inspection`` is the full :class:`~jitkernels.plan.inspection.Inspection` when one was made.
     """
 
     def __init__(self, message: str, *, name: str | None = None, reason: str | None = None,

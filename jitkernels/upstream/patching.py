@@ -343,7 +343,7 @@ def _get_loaded_kernels(original, a: dict) -> list:
     """Upstream's records, then the kernels the patched loaders returned (see the module docstring)."""
     import json
 
-    from ..cache.layout import MANIFEST
+    from ..cache.manifest import read_manifest
 
     kernels = sys.modules["kernels"]
     LoadedKernel, RepoInfo = kernels.LoadedKernel, getattr(kernels, "RepoInfo", None)
@@ -357,11 +357,8 @@ def _get_loaded_kernels(original, a: dict) -> list:
     for module, repo_id, revision, version in list(_LOADED.values()):
         if id(module) in seen:
             continue
-        package = Path(module.__file__).parent
-        try:
-            inspection = json.loads((package.parent / MANIFEST).read_text()).get("inspection", {})
-        except (OSError, ValueError):
-            inspection = {}
+        entry = Path(module.__file__).parent.parent  # <entry>/<python_name>/__init__.py
+        inspection = (read_manifest(entry) or {}).get("inspection") or {}
         commit = inspection.get("revision") or revision
         metadata = Metadata.from_bytes(json.dumps({
             "id": inspection.get("module_name") or module.__name__,
@@ -381,12 +378,10 @@ def _get_kernel_dep(original, a: dict):
     context = getattr(seam.defining_module(original), "_KERNEL_DEPS", None)
     if context is not None and context.get() is not None:
         return original(**a)
-    from .. import config, warm
+    from .. import warm
 
-    repo_id, root = a["repo_id"], str(config.cache_dir())
-    # warm.LOADED: (cache root, provider, repo id or "name:...", commit, backend) -> module
-    found = {id(m): m for key, m in list(warm.LOADED.items())
-             if key[:1] == (root,) and key[2:3] in ((repo_id,), ("name:" + repo_id,))}
+    repo_id = a["repo_id"]
+    found = {id(m): m for m in warm.loaded_for(repo_id)}
     found.update({id(m): m for m, rid, _r, _v in list(_LOADED.values()) if rid == repo_id})
     if len(found) == 1:
         return next(iter(found.values()))
