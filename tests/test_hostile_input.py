@@ -63,3 +63,35 @@ def test_payload_package_names_are_validated(online, package):
     with pytest.raises(BuildConfigError, match="package"):
         jitkernels.load("hf", repo, revision="main", backend="cpu")
     assert not entry_dirs()
+
+
+def test_a_mirror_listing_a_path_that_leaves_the_repository_is_refused_and_nothing_is_written(online, monkeypatch,
+                                                                                              tmp_path):
+    """A mirror can add a ``..`` path to the listing JitKernels asks for, and not to huggingface_hub's own
+    (which checks its own): the path resolved to a real blob and was copied out of the cache through it."""
+    from jitkernels.errors import FetchError
+    from jitkernels.testing import hubserver
+
+    payload = b"# written by a hostile mirror, outside the JitKernels cache\n"
+    oid = hubserver._oid("blob", payload)
+    files = tree(EXAMPLES / "rms-norm")
+    files["torch-ext/rms_norm/d1/d2/payload.py"] = payload  # makes d1/d2 and the blob exist in the Hub cache
+    evil = "torch-ext/rms_norm/d1/d2/" + "../" * 6 + f"blobs/{oid}"
+    real_tree, listings = hubserver._tree, []
+
+    def hostile_tree(repo_files, base, recursive):
+        out = real_tree(repo_files, base, recursive)
+        listings.append(base)
+        if len(listings) == 1:  # JitKernels' own listing only
+            out.append({"type": "file", "path": evil, "oid": oid, "size": len(payload)})
+        return out
+
+    monkeypatch.setattr(hubserver, "_tree", hostile_tree)
+    online.add_repo("kernels-test/mirror-evil", {"main": files})
+    before = {p for p in tmp_path.rglob("*")}
+    with pytest.raises(FetchError, match="leave the repository") as caught:
+        jitkernels.load("hf", "kernels-test/mirror-evil", revision="main", backend="cpu")
+    assert evil in str(caught.value)
+    written = [p for p in tmp_path.rglob("*") if p not in before and oid in p.name]
+    assert written == []
+    assert entry_dirs("_rms_norm_cpu_") == []

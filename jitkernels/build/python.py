@@ -15,6 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..cache import entries
+from ..cache.layout import stays_inside
+from ..errors import BuildInputError
 from ..plan.inspection import Inspection
 from ..plan.planner import SourcePlan, Sources
 
@@ -60,6 +62,8 @@ def stage_package(plan: SourcePlan, root: Path, target: Path, native: bool) -> l
         if "/__pycache__/" in rel or rel.endswith(".pyc"):
             continue
         inner = rel[len(package_prefix):]
+        if not stays_inside(rel) or not stays_inside(inner):  # snapshots refuse these; never copy through one
+            raise BuildInputError(f"{plan.snapshot.location}: the file {rel!r} would leave the kernel's folder.")
         if native and not (inner.endswith(".py") or inner.endswith(data_exts)):
             continue  # arch builds install *.py plus the pyext data files only
         source = root / rel

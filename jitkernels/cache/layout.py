@@ -42,6 +42,14 @@ MANIFEST = "manifest.json"
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.~-")
 
 
+def stays_inside(rel) -> bool:
+    """A ``/``-separated relative path that cannot leave the folder it is joined to: no ``..``, ``.`` or
+    empty part, not absolute, no NUL or backslash. Paths from a Hub listing, an archive or a manifest."""
+    if not isinstance(rel, str) or not rel or "\\" in rel or "\0" in rel or rel.startswith("/"):
+        return False
+    return all(part not in ("", ".", "..") for part in rel.split("/"))
+
+
 def root() -> Path:
     return config.cache_dir()
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .. import config
 from .files import json_bytes, read_json, write_atomic
-from .layout import MANIFEST
+from .layout import MANIFEST, stays_inside
 
 
 def write_manifest(folder: Path, inspection, extra: dict | None = None) -> None:
@@ -66,10 +66,8 @@ _TEXT = ("recipe", "build_key", "spec", "name", "version", "digest", "url", "arc
 
 
 def safe_relpath(rel) -> bool:
-    """A ``/``-separated path that stays inside its entry (no ``..``, no absolute path, no NUL or backslash)."""
-    if not isinstance(rel, str) or not rel or rel == MANIFEST or "\\" in rel or "\0" in rel or rel.startswith("/"):
-        return False
-    return all(part not in ("", ".", "..") for part in rel.split("/"))
+    """A file an entry may list: a path that stays inside the entry (:func:`layout.stays_inside`), not the manifest."""
+    return rel != MANIFEST and stays_inside(rel)
 
 
 def _text_or_none(value) -> bool:

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from .. import config, identity
-from ..cache import index
+from ..cache import index, layout
 from ..errors import (
     FetchError,
     KernelNotFoundError,
@@ -189,6 +189,12 @@ class HfKernelsProvider(Provider):
                 ) from exc
             if not is_commit(commit):
                 raise FetchError(f"The Hub answered no commit for {ref.repo_id}@{rev}.")
+            escaping = sorted(f for f in files if not layout.stays_inside(f))
+            if escaping:  # the listing is the mirror's word; huggingface_hub checks only its own second listing
+                raise FetchError(
+                    f"The Hub's file list for {ref.repo_id}@{commit} names {len(escaping)} path(s) that leave the "
+                    f"repository ({escaping[0]!r}); refusing this revision (a broken or hostile mirror? "
+                    f"HF_ENDPOINT is {config.hf_endpoint()}).")
             return HfSnapshot(ref, repo_type, commit, rev, files, offline=False)
         raise KernelNotFoundError(
             f"Kernel repository {ref.repo_id!r} was not found on {config.hf_endpoint()} (as a kernel or model repo). "
