@@ -265,6 +265,24 @@ def test_context_manager_and_decorator():
     _assert_originals()
 
 
+def test_a_nested_or_decorating_patch_gives_the_enclosing_patch_its_settings_back():
+    from jitkernels.upstream import switching
+
+    with jitkernels.patch():
+        with jitkernels.patch(fallback="upstream", cold_start="background"):
+            assert patching.fallback_mode() == "upstream" and switching.configured() == "background"
+        assert patching.fallback_mode() is None and switching.configured() == "block"
+
+        @jitkernels.patch(fallback="upstream")
+        def inside():
+            return patching.fallback_mode()
+
+        assert patching.fallback_mode() is None  # decorating is not calling
+        assert inside() == "upstream"
+        assert patching.fallback_mode() is None and patching.is_patched()
+    _assert_originals()
+
+
 def test_patch_and_unpatch_from_many_threads():
     barrier = threading.Barrier(8)
     errors = []

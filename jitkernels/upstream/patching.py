@@ -573,7 +573,8 @@ def _kernels_installed() -> bool:
         return False
 
 
-def _patch(provider, *, autopatch: bool = False, fallback=None, cold_start=None) -> bool:
+def _patch(provider, *, autopatch: bool = False, fallback=None, cold_start=None) -> tuple[bool, tuple | None]:
+    """(whether this call patched, and, when a patch was already on, its settings for :meth:`Patch.restore`)."""
     from ..providers import provider_name
 
     canonical = provider_name(provider)
@@ -585,17 +586,14 @@ def _patch(provider, *, autopatch: bool = False, fallback=None, cold_start=None)
                        "nothing to patch (pip install 'jitkernels[kernels]').")
             if autopatch:
                 warnings.warn(message + " JITKERNELS_AUTOPATCH is ignored.", RuntimeWarning, stacklevel=3)
-                return False
+                return False, None
             raise PatchError(message)
         was_active = _STATE.active
-        _STATE.provider = canonical
-        _STATE.fallback = fallback
-        _switching().configure(cold_start)
+        previous = (_STATE.provider, _STATE.fallback, _switching().configured()) if was_active else None
+        _settings(canonical, fallback, cold_start)
         _STATE.active = True
         if was_active:
-            if sys.modules.get("kernels") is not None:
-                _switching().apply()
-            return False
+            return False, previous
         if sys.modules.get("kernels") is not None:
             _apply()
         if not _STATE.hook_registered:
@@ -603,34 +601,54 @@ def _patch(provider, *, autopatch: bool = False, fallback=None, cold_start=None)
 
             _STATE.hook_registered = True  # one hook per process; it re-checks _STATE.active
             wrapt.register_post_import_hook(_on_kernels_imported, "kernels")
-        return True
+        return True, None
+
+
+def _settings(provider: str, fallback: str | None, cold_start: str) -> None:
+    """The active patch's provider, fallback and cold-start mode (under _LOCK)."""
+    _STATE.provider = provider
+    _STATE.fallback = fallback
+    _switching().configure(cold_start)
+    if _STATE.active and sys.modules.get("kernels") is not None:
+        _switching().apply()
 
 
 class Patch:
     """What :func:`patch` returns: usable as a context manager and as a decorator.
 
     As a context manager, leaving the block unpatches only if this ``patch()``
-    call is the one that patched (nesting is safe). As a decorator
+    call is the one that patched; a nested ``patch()`` puts the enclosing one's
+    ``fallback`` and ``cold_start`` back when its block ends. As a decorator
     (``@jitkernels.patch()``) the function runs patched and the patch made
     for decorating is undone right away.
     """
 
-    def __init__(self, provider: str, owned: bool, fallback: str | None = None, cold_start: str | None = None):
+    def __init__(self, provider: str, owned: bool, fallback: str | None = None, cold_start: str | None = None,
+                 previous: tuple | None = None):
         self.provider = provider
         self.owned = owned
         self.fallback = fallback
         self.cold_start = cold_start
+        self._previous = previous  # the enclosing patch's settings, when this call found one active
 
     def __enter__(self) -> "Patch":
         return self
 
     def __exit__(self, *exc) -> None:
+        self._undo()
+
+    def _undo(self) -> None:
+        """Unpatch if this call patched; otherwise give the enclosing patch its own settings back."""
         if self.owned:
             unpatch()
+        elif self._previous is not None:
+            previous, self._previous = self._previous, None
+            with _LOCK:
+                if _STATE.active:
+                    _settings(*previous)
 
     def __call__(self, func):
-        if self.owned:
-            unpatch()  # decorating is not calling: patch only while func runs
+        self._undo()  # decorating is not calling: patch only while func runs
         provider, fallback, cold_start = self.provider, self.fallback, self.cold_start
 
         @functools.wraps(func)
@@ -653,10 +671,10 @@ def patch(provider="hf_kernels", *, fallback: str | None = None, cold_start: str
     native kernel builds in another process, then switches; ``"block"`` waits for the build;
     None (default): ``JITKERNELS_COLD_START`` decides.
     """
-    owned = _patch(provider, fallback=fallback, cold_start=cold_start)
+    owned, previous = _patch(provider, fallback=fallback, cold_start=cold_start)
     from ..providers import provider_name
 
-    return Patch(provider_name(provider), owned, fallback, cold_start)
+    return Patch(provider_name(provider), owned, fallback, cold_start, previous)
 
 
 def unpatch() -> None:
@@ -675,7 +693,7 @@ def autopatch() -> bool:
     """What the ``JITKERNELS_AUTOPATCH`` startup hook calls: like :func:`patch`, but a missing
     ``kernels`` is a warning, and ``kernels`` is patched when first imported (never imported here).
     ``JITKERNELS_COLD_START`` applies as for ``patch()``."""
-    return _patch("hf_kernels", autopatch=True)
+    return _patch("hf_kernels", autopatch=True)[0]
 
 
 # -- the behavioural self-check -------------------------------------------------------------------

@@ -88,6 +88,11 @@ def configure(mode: str) -> None:
     _MODE = mode
 
 
+def configured() -> str:
+    """The mode :func:`configure` was last given (a nested ``patch()`` puts the outer one's back)."""
+    return _MODE
+
+
 def apply() -> None:
     """kernelize's hooks installed or removed, as the configured mode says (``kernels`` is imported)."""
     if _MODE == coldstart.BACKGROUND:
