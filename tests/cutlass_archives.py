@@ -1,4 +1,5 @@
-"""Small CUTLASS-shaped header trees and release archives for the build-input tests, and a server for them.
+"""Small CUTLASS-shaped header trees and release archives for the build-input tests, and servers for them
+(one that serves files, one that trickles bytes as a slow mirror does).
 
 The trees have the real layout (``include/cutlass/``, ``include/cute/``,
 ``tools/util/include/cutlass/util/``); archives are laid out as NVIDIA's
@@ -103,5 +104,40 @@ class ArchiveServer:
         return self
 
     def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class TrickleServer:
+    """Announces a 1 MB archive on 127.0.0.1 and sends one byte every 50 ms for at most 20 s (a slow mirror)."""
+
+    def __init__(self):
+        import http.server
+        import threading
+        import time
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                self.send_response(200)
+                self.send_header("Content-Length", str(1 << 20))
+                self.end_headers()
+                end = time.monotonic() + 20
+                try:
+                    while time.monotonic() < end:
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        time.sleep(0.05)  # the pace of the slow mirror, not a synchronisation
+                except OSError:
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()

@@ -28,7 +28,7 @@ from jitkernels.errors import (
 from jitkernels.inputs import cutlass, gittree, python_deps
 
 from conftest import FIXTURES
-from cutlass_archives import ArchiveServer, release_archive, trees_of, write_tree
+from cutlass_archives import ArchiveServer, release_archive, trees_of, write_tree, TrickleServer
 
 VERSION = "3.8.0"
 
@@ -472,41 +472,6 @@ def test_a_missing_kernel_dependency_names_who_needs_it(online, tmp_path, monkey
 
 
 # -- issue 14, defect 3: a mirror that trickles bytes is given up (overall deadline, minimum rate) ---------------
-
-class TrickleServer:
-    """Announces a 1 MB archive on 127.0.0.1 and sends one byte every 50 ms for at most 20 s (a slow mirror)."""
-
-    def __init__(self):
-        import http.server
-        import threading
-        import time
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                self.send_response(200)
-                self.send_header("Content-Length", str(1 << 20))
-                self.end_headers()
-                end = time.monotonic() + 20
-                try:
-                    while time.monotonic() < end:
-                        self.wfile.write(b"x")
-                        self.wfile.flush()
-                        time.sleep(0.05)  # the pace of the slow mirror, not a synchronisation
-                except OSError:
-                    pass
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
 
 @pytest.mark.parametrize("env,why", [
     ({"JITKERNELS_DOWNLOAD_DEADLINE": "3", "JITKERNELS_DOWNLOAD_MIN_RATE": "1"}, "JITKERNELS_DOWNLOAD_DEADLINE"),

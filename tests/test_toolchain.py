@@ -271,3 +271,37 @@ def test_doctor_shows_the_compiler_a_build_would_use_and_why(cuda_index, monkeyp
     assert facts["why"] == "no local toolkit will do; the compiler of torch's CUDA release from the package index"
     assert facts["provisioning"] == f"on: {cuda_index.url}/simple (JITKERNELS_CUDA_INDEX)"
     assert facts["pip_install"] == 'pip install "cuda-toolkit[nvcc,nvvm,crt,cudart,cccl]==13.0.3"'
+
+
+def test_an_index_that_trickles_a_wheel_is_given_up_and_nothing_is_cached(pip_torch, monkeypatch):
+    """A wheel sent a byte at a time never tripped the per-read timeout: provisioning, and its waiters, hung."""
+    import time
+
+    from cutlass_archives import TrickleServer
+
+    trickle = TrickleServer()
+    try:
+        wheels = cudawheels.compiler_wheels()
+        with ArchiveServer(cudawheels.index_pages(wheels, files=trickle.url + "/files")) as server:
+            monkeypatch.setenv("JITKERNELS_CUDA_INDEX", server.url + "/simple")
+            monkeypatch.setenv("JITKERNELS_DOWNLOAD_DEADLINE", "3")
+            monkeypatch.setenv("JITKERNELS_DOWNLOAD_MIN_RATE", "1")
+            start = time.monotonic()
+            with pytest.raises(jitkernels.errors.FetchError, match="was given up: .*JITKERNELS_DOWNLOAD_DEADLINE"):
+                toolchain.provision("13.0")
+            assert time.monotonic() - start < 15  # the server would go on for 20 s per wheel
+    finally:
+        trickle.close()
+    assert entry_dirs() == []
+
+
+def test_a_wheel_name_with_a_nul_is_refused_with_the_projects_error(pip_torch, monkeypatch):
+    """packaging does not look inside a version: a NUL in a listed name reached open() as a raw ValueError."""
+    wheels = cudawheels.compiler_wheels()
+    nvvm = next(n for n in wheels if n.startswith("nvidia_nvvm"))
+    wheels[nvvm.replace(".whl", ".x\0.whl")] = wheels.pop(nvvm)  # inside the compressed tag set
+    with ArchiveServer(cudawheels.index_pages(wheels)) as server:
+        monkeypatch.setenv("JITKERNELS_CUDA_INDEX", server.url + "/simple")
+        with pytest.raises(BuildInputError, match="odd file name"):
+            toolchain.provision("13.0")
+    assert entry_dirs() == []

@@ -37,6 +37,7 @@ from ..cache.manifest import check_entry, read_manifest
 from ..errors import BuildInputError, FetchError, OfflineError
 from ..log import logger, warning_once
 from .base import ResolvedInput, Resolver
+from .pace import Pace
 from . import gittree
 
 #: build.toml name -> CUTLASS release (huggingface/kernels nix-builder/pkgs/cutlass/default.nix).
@@ -215,19 +216,13 @@ class CutlassResolver(Resolver):
                              include_dirs=_include_dirs(root))
 
 
-def _check_pace(url: str, what: str, size: int, elapsed: float, grace: float, deadline: float,
-                min_rate: float) -> None:
-    """A download that runs past its deadline or, after ``grace`` seconds, averages under ``min_rate`` is given up
-    (issue 14, defect 3: a mirror sending a byte every 2 s held the download, and its waiters, forever)."""
-    if elapsed > deadline:
-        why = f"it was not done after {deadline:.0f}s (JITKERNELS_DOWNLOAD_DEADLINE)"
-    elif elapsed > grace and size / elapsed < min_rate:
-        why = (f"it averaged {size / elapsed:.0f} bytes/s after {elapsed:.0f}s, under the minimum {min_rate:.0f} "
-               f"(JITKERNELS_DOWNLOAD_MIN_RATE)")
-    else:
-        return
-    raise FetchError(f"Downloading {what} from {url} was given up: {why}. Point JITKERNELS_CUTLASS_URL at a "
-                     f"faster mirror, or provide the headers with JITKERNELS_CUTLASS_DIR.")
+def _check_pace(url: str, what: str, size: int, pace: Pace) -> None:
+    """Give up a download that is too slow (issue 14, defect 3: a mirror sending a byte every 2 s held the
+    download, and its waiters, forever); see :mod:`jitkernels.inputs.pace`."""
+    why = pace.problem(size)
+    if why is not None:
+        raise FetchError(f"Downloading {what} from {url} was given up: {why}. Point JITKERNELS_CUTLASS_URL at a "
+                         f"faster mirror, or provide the headers with JITKERNELS_CUTLASS_DIR.")
 
 
 def _download(url: str, target: Path, what: str) -> str:
@@ -241,16 +236,15 @@ def _download(url: str, target: Path, what: str) -> str:
     logger.info("jitkernels: downloading %s from %s", what, url)
     digest = hashlib.sha256()
     size = 0
-    start = time.monotonic()
-    grace, deadline, min_rate = config.network_timeout(), config.download_deadline(), config.download_min_rate()
+    pace = Pace()
     try:
         request = urllib.request.Request(url, headers={"User-Agent": "jitkernels"})
-        with urllib.request.urlopen(request, timeout=grace) as response, open(target, "wb") as fh:
+        with urllib.request.urlopen(request, timeout=pace.grace) as response, open(target, "wb") as fh:
             # read1: what has arrived (up to 1 MiB), so a trickle is measured as it comes, not waited for whole
             read = getattr(response, "read1", response.read)
             for chunk in iter(lambda: read(1 << 20), b""):
                 size += len(chunk)
-                _check_pace(url, what, size, time.monotonic() - start, grace, deadline, min_rate)
+                _check_pace(url, what, size, pace)
                 if size > MAX_ARCHIVE_BYTES:
                     raise BuildInputError(f"{url} is larger than {MAX_ARCHIVE_BYTES >> 20} MiB: not a CUTLASS release archive.")
                 digest.update(chunk)

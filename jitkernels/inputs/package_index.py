@@ -40,6 +40,7 @@ from pathlib import Path
 from .. import config
 from ..errors import BuildInputError, FetchError
 from ..log import logger
+from .pace import Pace
 
 DEFAULT_INDEX = "https://pypi.org/simple"
 _PEP691 = "application/vnd.pypi.simple.v1+json"
@@ -269,7 +270,7 @@ def download(entry: IndexFile, folder: Path, max_bytes: int, progress_task=None)
     if not entry.sha256 or not re.fullmatch(r"[0-9a-f]{64}", entry.sha256):
         raise BuildInputError(f"The package index {entry.index} publishes no sha256 for {name}: JitKernels "
                               f"refuses to use a file it cannot verify.")
-    if "/" in name or "\\" in name or name.startswith("."):
+    if "/" in name or "\\" in name or "\0" in name or name.startswith("."):
         raise BuildInputError(f"The package index {entry.index} lists an odd file name {name!r}.")
     limit = min(entry.size, max_bytes) if entry.size is not None else max_bytes
     if entry.size is not None and entry.size > max_bytes:
@@ -279,10 +280,17 @@ def download(entry: IndexFile, folder: Path, max_bytes: int, progress_task=None)
     digest = hashlib.sha256()
     size = 0
     logger.info("jitkernels: downloading %s from %s", name, entry.index)
+    pace = Pace()
     try:
         with _open(entry.url) as response, open(target, "wb") as out:
-            for chunk in iter(lambda: response.read(_CHUNK), b""):
+            # read1: what has arrived, so a trickle is measured as it comes (jitkernels.inputs.pace)
+            read = getattr(response, "read1", response.read)
+            for chunk in iter(lambda: read(_CHUNK), b""):
                 size += len(chunk)
+                why = pace.problem(size)
+                if why is not None:
+                    raise FetchError(f"Downloading {name} from {entry.index} was given up: {why}. Point "
+                                     f"JITKERNELS_CUDA_INDEX at a faster index, or CUDA_HOME at a CUDA toolkit.")
                 if size > limit:
                     raise BuildInputError(f"{name} from {entry.index} holds more than the {limit} bytes "
                                           f"{'its index announces' if entry.size is not None else 'accepted'}.")
@@ -291,7 +299,7 @@ def download(entry: IndexFile, folder: Path, max_bytes: int, progress_task=None)
                 if progress_task is not None:
                     progress_task.advance(len(chunk))
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        if isinstance(exc, BuildInputError):
+        if isinstance(exc, (BuildInputError, FetchError)):
             raise
         raise FetchError(f"Downloading {name} from {entry.index} failed ({getattr(exc, 'reason', exc)}).") from exc
     if entry.size is not None and size != entry.size:
