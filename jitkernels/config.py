@@ -166,7 +166,7 @@ def pip_no_index() -> bool:
 
 
 def shared_cache_ok() -> bool:
-    """``JITKERNELS_SHARED_CACHE=1``: accept a cache folder owned by another (trusted) user."""
+    """``JITKERNELS_SHARED_CACHE=1``: accept a cache folder owned by another (trusted) user, or writable by all."""
     return _flag("JITKERNELS_SHARED_CACHE")
 
 

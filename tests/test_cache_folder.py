@@ -59,6 +59,26 @@ def test_cache_owned_by_another_user_is_refused(online, tmp_path, monkeypatch):
     assert jitkernels.load("hf", RMS, revision="main", backend="cpu") is not None
 
 
+@pytest.mark.parametrize("folder", ["", "entries"])
+def test_a_cache_every_user_can_write_is_refused_unless_shared_is_said(online, monkeypatch, folder):
+    """Anyone on the machine could replace the code in a mode-777 cache; it loaded without a word."""
+    jitkernels.load("hf", RMS, revision="main", backend="cpu")
+    cache = Path(os.environ["JITKERNELS_CACHE"])
+    os.chmod(cache / folder, 0o777)
+    code = """
+        import jitkernels
+        from jitkernels.errors import CacheError
+        try:
+            jitkernels.load("hf", "kernels-test/rms-norm-universal", revision="main", backend="cpu")
+            print("LOADED")
+        except CacheError as exc:
+            print("REFUSED", exc)
+    """
+    out = run_python(code)
+    assert "REFUSED" in out.stdout and "writable by every user" in out.stdout and "chmod o-w" in out.stdout, out.stderr
+    assert "LOADED" in run_python(code, JITKERNELS_SHARED_CACHE="1").stdout
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
 def test_cache_owned_by_another_user_is_refused_on_every_load_path(online):
     jitkernels.load("hf", "kernels-test/rms-norm-universal", revision="main", backend="cpu")

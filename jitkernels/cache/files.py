@@ -132,4 +132,15 @@ def check_owner(path: Path | None = None) -> None:
             f"would run code they control. Use your own cache (JITKERNELS_CACHE=<your folder>), or set "
             f"JITKERNELS_SHARED_CACHE=1 if you trust its owner (e.g. a read-only cache shipped to a fleet)."
         )
+    for folder in (path, path / "entries"):
+        try:
+            mode = os.stat(folder).st_mode
+        except OSError:
+            continue
+        if mode & 0o002 and not config.shared_cache_ok():  # a group-writable fleet cache is fine; everyone is not
+            raise CacheError(
+                f"The JitKernels cache folder {folder} is writable by every user (mode {mode & 0o7777:o}): anyone on "
+                f"this machine could replace the code loaded from it. Run `chmod o-w {folder}`, or set "
+                f"JITKERNELS_SHARED_CACHE=1 if every user of this machine is trusted."
+            )
     _OWNER_CHECKED.add(key)
