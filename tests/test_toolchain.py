@@ -305,3 +305,20 @@ def test_a_wheel_name_with_a_nul_is_refused_with_the_projects_error(pip_torch, m
         with pytest.raises(BuildInputError, match="odd file name"):
             toolchain.provision("13.0")
     assert entry_dirs() == []
+
+
+def test_a_remote_index_may_not_point_a_wheel_at_a_local_file(pip_torch, monkeypatch, tmp_path):
+    """The client read the local file and the sha256 check confirmed its content to the index."""
+    wheels = cudawheels.compiler_wheels()
+    nvvm = next(n for n in wheels if n.startswith("nvidia_nvvm"))
+    local = tmp_path / nvvm
+    local.write_bytes(wheels[nvvm])
+    pages = cudawheels.index_pages(wheels)
+    page = json.loads(pages["/simple/nvidia-nvvm/"])
+    page["files"][0]["url"] = local.as_uri()
+    pages["/simple/nvidia-nvvm/"] = json.dumps(page).encode()
+    with ArchiveServer(pages) as server:
+        monkeypatch.setenv("JITKERNELS_CUDA_INDEX", server.url + "/simple")
+        with pytest.raises(BuildInputError, match="only http\\(s\\) links are followed from a remote index"):
+            toolchain.provision("13.0")
+    assert entry_dirs() == []

@@ -272,6 +272,11 @@ def download(entry: IndexFile, folder: Path, max_bytes: int, progress_task=None)
                               f"refuses to use a file it cannot verify.")
     if "/" in name or "\\" in name or "\0" in name or name.startswith("."):
         raise BuildInputError(f"The package index {entry.index} lists an odd file name {name!r}.")
+    scheme, index_scheme = urllib.parse.urlsplit(entry.url).scheme, urllib.parse.urlsplit(entry.index).scheme
+    if scheme not in ("http", "https", "file") or (scheme == "file" and index_scheme != "file"):
+        # a remote index may not make this machine read its own files (the sha256 check would confirm them)
+        raise BuildInputError(f"The package index {entry.index} points {name} at {entry.url!r}: only http(s) "
+                              f"links are followed from a remote index (file:// only from a local one).")
     limit = min(entry.size, max_bytes) if entry.size is not None else max_bytes
     if entry.size is not None and entry.size > max_bytes:
         raise BuildInputError(f"{name} is {entry.size} bytes on {entry.index}, beyond the {max_bytes >> 20} MiB "
