@@ -157,6 +157,9 @@ HOSTILE = [
     ("cutlass-3.8.0/include/cutlass/fifo", b"", {"type": tarfile.FIFOTYPE}, "FIFO"),
     ("elsewhere/include/cutlass/x.h", b"x", {}, "does not match the pinned release"),  # two top folders
     ("cutlass-3.8.0/examples/ok-until-here/../../../x", b"x", {}, "'..'"),  # even outside the unpacked folders
+    # the pinned tree ids never see a .git entry (git does not track one): it was published unchecked
+    ("cutlass-3.8.0/include/.git/hooks/x.h", b"x", {}, "'.git'"),
+    ("cutlass-3.8.0/include/cutlass/" + "n" * 300 + ".h", b"x", {}, "longer than 255 bytes"),  # was "fix permissions"
 ]
 
 

@@ -75,6 +75,10 @@ def _normalise(archive: Path, raw: str) -> str:
     parts = [p for p in raw.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise _refuse(archive, raw, "has a '..' component")
+    if ".git" in parts:  # git never tracks one, so the pinned tree ids cannot vouch for it
+        raise _refuse(archive, raw, "has a '.git' component")
+    if any(len(part.encode("utf-8", "surrogateescape")) > 255 for part in parts):
+        raise _refuse(archive, raw, "has a name longer than 255 bytes")
     return "/".join(parts)
 
 
