@@ -216,15 +216,60 @@ def _watch(build: Build, proc: subprocess.Popen) -> None:
     from . import progress
 
     position, partial = 0, b""
-    while True:
-        try:
-            code = proc.wait(timeout=progress.interval())
-        except subprocess.TimeoutExpired:
-            position, partial = _forward(build, position, partial)
-            continue
-        break
+    while not _exited(proc, progress.interval()):
+        position, partial = _forward(build, position, partial)
+    _stop_group(proc.pid)
+    code = proc.wait()
     _forward(build, position, partial)
     _finish(build, code, None)
+
+
+def _exited(proc: subprocess.Popen, seconds: float) -> bool:
+    """Whether the builder exited within ``seconds``, leaving it unreaped: while its zombie holds the pid,
+    its process group id cannot name anyone else's processes (see :func:`_stop_group`)."""
+    if not hasattr(os, "waitid"):  # pragma: no cover - not Linux/macOS
+        try:
+            proc.wait(timeout=seconds)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+                return True
+        except ChildProcessError:
+            return True  # reaped elsewhere
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+
+def _stop_group(pid: int) -> None:
+    """Kill what the builder left running in its session (ninja, the compilers), if it was killed: orphans
+    kept compiling, and a later build of the same workspace ran beside them. The builder leads its own
+    session; ninja gives each command a process group of its own, so members are found by session id
+    (in /proc; elsewhere only the builder's group is reached)."""
+    import signal
+
+    members = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == pid:  # fields after the name: state, ppid, pgrp, session
+                members.add(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    members.discard(pid)
+    for member in members:
+        try:
+            os.kill(member, signal.SIGKILL)
+        except OSError:
+            pass
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 def _forward(build: Build, position: int, partial: bytes) -> tuple[int, bytes]:

@@ -482,3 +482,31 @@ def test_a_failed_background_build_is_said_once_with_its_log_and_its_layers_stay
     assert "FAILED" in listed and f"log: {build.log}" in listed
     assert main(["doctor", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["background"]["failed"] == 1
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for whoever reaps orphans here)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_killed_builder_takes_its_compilers_with_it(online, barrier, tmp_path):
+    """Its ninja and compilers went on as orphans, and the next build of the workspace ran beside them."""
+    import signal
+
+    repo = "kernels-test/scaled-add-killed"
+    online.add_repo(repo, {"main": tree(probe_copy(tmp_path))})
+    model = tiny_model_classes()()
+    jitkernels.patch(cold_start="background")
+    _kernelize(model, repo)
+    (build,) = [b for b in coldstart.builds() if b.kernel.startswith(repo)]
+    assert wait_for(lambda: barrier.compiler_calls() >= 1, 300)  # a compiler is running, held at the barrier
+    compilers = [int(pid) for pid in barrier.calls.read_text().split()]
+    assert all(_running(pid) for pid in compilers)
+    os.kill(build.pid, signal.SIGKILL)
+    assert build.wait(timeout=60) and build.failed
+    assert wait_for(lambda: not any(_running(pid) for pid in compilers), 30), "the builder's compilers run on"
+    assert model.r1.forward.__func__ is type(model.r1).forward  # still served by its own forward
