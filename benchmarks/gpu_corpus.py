@@ -65,6 +65,10 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_SELECTION = {"deep-gemm": ["tests/test_kernels_ci.py"]}
 #: Repositories a kernel's shipped tests load instead of the kernel's own name (scratch repos of its authors).
 ALIASES = {"flash-mla": ["drbh/tmp-kernel-123"]}
+#: Suites that are scripts, not pytest tests (their test functions take data, not fixtures): run as the authors
+#: do, ``python tests/<file>.py``, each in a share of the box; the value is the GPU major a script needs (None: any).
+SCRIPT_SUITES = {"flash-mla": {"tests/test_flash_mla_dense_decoding.py": 9, "tests/test_flash_mla_sparse_decoding.py": None,
+                               "tests/test_flash_mla_sparse_prefill.py": None, "tests/test_fmha_sm100.py": 10}}
 #: Built last, one at a time: hundreds of units each.
 GIANTS = ("flash-attn3", "sgl-flash-attn3", "vllm-flash-attn3", "natten")
 
@@ -394,6 +398,9 @@ def run_suite(kc: Path, name: str, env: dict, work: Path, seconds: float, record
     if aliases:
         env["LOCAL_KERNELS"] = ":".join([env.get("LOCAL_KERNELS", "")] + [f"{a}={kc / name}" for a in aliases]).strip(":")
         env["JITKERNELS_TRUSTED"] = ",".join(filter(None, [env.get("JITKERNELS_TRUSTED", ""), *aliases]))
+    if name in SCRIPT_SUITES:
+        run_scripts(name, package, env, target, seconds, record, routes, aliases, adapted, kc)
+        return
     selection = TEST_SELECTION.get(name, ["tests"])
     log = work / f"{name}.pytest.log"
     # A module that fails to collect (flash-mla's lib.py calls get_kernel without a version, which kernels
@@ -414,6 +421,51 @@ def run_suite(kc: Path, name: str, env: dict, work: Path, seconds: float, record
         tests["aliases"] = ", ".join(f"{a} mapped to kernels-community/{name}'s source" for a in aliases)
     if rc not in (0, None) or counts["failed"] or counts["error"]:
         tests["cause"], tests["evidence"] = suggest_cause(out)
+    record["tests"] = tests
+
+
+BIND = """import sys
+import jitkernels
+sys.modules[__name__] = jitkernels.load("hf", "kernels-community/{name}", backend="cuda")
+"""
+
+
+def run_scripts(name, package, env, target: Path, seconds: float, record: dict, routes, aliases, adapted, kc) -> None:
+    """A suite of scripts (:data:`SCRIPT_SUITES`): each case prints ``Running on``; a failed case ends the script
+    with an exception or exit 1; a script cut by its time box passed every case it finished."""
+    import torch
+
+    major = torch.cuda.get_device_capability()[0]
+    (target / "tests" / f"{package}.py").write_text(BIND.format(name=name))  # `import flash_mla` -> JitKernels
+    runnable = {f: need for f, need in SCRIPT_SUITES[name].items() if need is None or need == major}
+    share = seconds / max(1, len(runnable))
+    scripts, passed, failed, started_total, timed_out = [], 0, 0, 0, False
+    for script, need in SCRIPT_SUITES[name].items():
+        if script not in runnable:
+            scripts.append(f"{script}: not for this GPU (needs sm{need}x)")
+            continue
+        log = target / (Path(script).stem + ".log")
+        rc, wall = run_boxed([sys.executable, script], env, target, share, log)
+        out = log.read_text(errors="replace")
+        started = out.count("Running on")
+        ok = started if rc == 0 else max(0, started - 1)
+        passed += ok
+        failed += 1 if rc not in (0, None) else 0
+        started_total += started
+        timed_out |= rc is None
+        state = "all passed" if rc == 0 else f"time box ({wall:.0f} s)" if rc is None else f"exit {rc}"
+        scripts.append(f"{script}: {ok} cases passed, {state}")
+        if rc not in (0, None):
+            record.setdefault("script_failures", []).append(out[-3000:])
+    tests = {"rc": 0 if not failed else 1, "seconds": round(seconds, 1), "routes": routes + ["python tests/<script>.py"],
+             "selection": list(runnable), "summary": "; ".join(scripts), "passed": passed, "failed": failed,
+             "skipped": len(SCRIPT_SUITES[name]) - len(runnable), "errors": 0, "timed_out": timed_out}
+    if adapted:
+        tests["adapted"] = "; ".join(adapted)
+    if aliases:
+        tests["aliases"] = ", ".join(f"{a} mapped to kernels-community/{name}'s source" for a in aliases)
+    if failed:
+        tests["cause"], tests["evidence"] = suggest_cause("\n".join(record.get("script_failures", [])))
     record["tests"] = tests
 
 
