@@ -133,12 +133,42 @@ def _cached(prov, ref: KernelRef, name: str, commit: str, backend: str, module_n
     envkey = machine.env_key_here(backend)
     key = (str(layout.root()), prov.name, ref.repo_id, commit, backend)
     digest = locked.digest if locked is not None else None
+    if locked is not None and locked.files and _lock_checked(locked) != digest:
+        return None  # this lock entry was never checked against the sources: the cold path checks it, once
     for path in (layout.name_index_file(prov.name, name, commit, backend, envkey),
                  layout.index_file(prov.name, ref.repo_id, commit, backend, envkey)):
         module = warm.load_indexed(path, key, module_name, digest, grant)
         if module is not None:
             return module
     return None
+
+
+def _lock_key(locked) -> str:
+    """The identity of a lock entry's content: an edit of any file hash is another key."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps([locked.repo_id, locked.commit, locked.digest, sorted(locked.files.items())])
+                          .encode()).hexdigest()
+
+
+def _lock_checked(locked) -> str | None:
+    """The digest whose sources matched this lock entry's file hashes (None: never checked here)."""
+    from .cache.files import read_json
+
+    record = read_json(layout.lock_check_file(_lock_key(locked)))
+    return record.get("digest") if isinstance(record, dict) else None
+
+
+def _note_lock_checked(locked, digest: str | None) -> None:
+    from .cache.files import json_bytes, write_atomic
+
+    if digest:
+        try:
+            write_atomic(layout.lock_check_file(_lock_key(locked)), json_bytes({"repo_id": locked.repo_id,
+                                                                                  "digest": digest}))
+        except OSError:
+            pass  # a read-only cache: every load under this lock then checks the sources again
 
 
 # -- planning ---------------------------------------------------------------------------------------
@@ -281,6 +311,7 @@ def prepare(snapshot: Snapshot, name: str, backend: str, index_ids=frozenset(), 
         from .upstream.lockfiles import file_hashes, verify
 
         verify(locked, file_hashes(sources.root, sources.files, strip=source_plan.root))
+        _note_lock_checked(locked, sources.digest)
     if inspection.strategy == PYTHON:
         from .build.python import build_python_entry
 

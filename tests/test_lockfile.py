@@ -7,7 +7,7 @@ import pytest
 
 import jitkernels
 
-from conftest import EXAMPLES, RMS
+from conftest import EXAMPLES, RMS, run_python
 
 
 def _lock(tmp_path, monkeypatch, name=RMS):
@@ -54,6 +54,34 @@ def test_lock_mismatch_fails_loudly(online, tmp_path, monkeypatch):
         jitkernels.load("hf", RMS, revision="main", backend="cpu")
     with pytest.raises(LockfileError, match="pins"):
         jitkernels.load("hf", RMS, revision="f" * 40, backend="cpu")
+
+
+def test_a_lock_edited_after_a_warm_load_is_still_checked(online, tmp_path, monkeypatch):
+    """Found by a new user: with the entry warm, an edited file hash (digest left as it was) loaded silently."""
+    import json
+
+    from jitkernels.errors import LockfileError
+
+    path = _lock(tmp_path, monkeypatch)
+    k = jitkernels.load("hf", RMS, revision="main", backend="cpu")
+    code = """
+        import jitkernels
+        from jitkernels.errors import LockfileError
+        try:
+            jitkernels.load("hf", "kernels-test/rms-norm-universal", revision="main", backend="cpu")
+            print("LOADED")
+        except LockfileError as exc:
+            print("REFUSED", exc)
+    """
+    assert "LOADED" in run_python(code).stdout  # warm, and the lock as it was made: one index read
+    data = json.loads(path.read_text())
+    data[0]["jitkernels"]["files"]["rms_norm/functional.py"] = "0" * 64
+    path.write_text(json.dumps(data))
+    out = run_python(code).stdout
+    assert "REFUSED" in out and "rms_norm/functional.py" in out
+    with pytest.raises(LockfileError, match="rms_norm/functional.py"):
+        jitkernels.load("hf", RMS, revision="main", backend="cpu")  # this process had loaded it before, too
+    assert k is not None
 
 
 # -- hostile lock files (issue 14, defect 9): one schema, a size cap, a LockfileError naming the file and the field --

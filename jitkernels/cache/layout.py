@@ -36,6 +36,7 @@ logs/background/<entry name>.<host>.<pid>.log    that builder's whole output (pr
 staging/<prefix>.<host>.<boot>.<pid>.<random>/   private work folders, each owned by a file lock
 locks/<sha256 of the key>.lock                   filelock files, and <lock>.holder.json: who holds them
 machine/<key>.json                               GPU backend/archs detected once per boot
+lockchecks/<sha256 of a lock entry>.txt          the digest whose sources matched that JITKERNELS_LOCKFILE entry
 """
 
 MANIFEST = "manifest.json"
@@ -123,6 +124,10 @@ def staging_dir() -> Path:
 
 def lock_path(key: str) -> Path:
     return root() / "locks" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".lock")
+
+
+def lock_check_file(key: str) -> Path:
+    return root() / "lockchecks" / f"{component(key)}.txt"
 
 
 def machine_memo_file(key: str) -> Path:
