@@ -471,6 +471,12 @@ def lock_entry(provider, name: str, *, revision=None, version=None, backend=None
     if source_plan is None:
         raise UnsupportedKernelError(f"Cannot lock {inspection.repo_id} for {backend}: {inspection.detail}", inspection)
     sources = fetch_sources(source_plan)
+    changed = snapshot.tampered(sources.root, sources.files)
+    if changed:  # a lock must pin what the Hub serves, not what a local copy became
+        raise LockfileError(
+            f"{inspection.repo_id}@{snapshot.commit[:12]}: the local copy of {', '.join(changed[:8])} differs from "
+            f"what the Hub publishes for it (its blob id), so it was not locked. The Hugging Face cache was modified: "
+            f"delete that repository from it (`hf cache delete`) and lock again.")
     inspection = _complete(inspection, source_plan, sources)
     dependency = {"repo-id": inspection.repo_id}
     if version is not None:

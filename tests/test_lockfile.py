@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+from pathlib import Path
+
 import pytest
 
 import jitkernels
@@ -82,6 +84,23 @@ def test_a_lock_edited_after_a_warm_load_is_still_checked(online, tmp_path, monk
     with pytest.raises(LockfileError, match="rms_norm/functional.py"):
         jitkernels.load("hf", RMS, revision="main", backend="cpu")  # this process had loaded it before, too
     assert k is not None
+
+
+def test_lock_refuses_to_pin_a_tampered_local_copy(online, tmp_path, monkeypatch, capsys):
+    """Issue 14, defect 13: `jitkernels lock` recorded the sha256 of an edited Hugging Face cache file."""
+    import os
+
+    from jitkernels.cli.main import main
+
+    _lock(tmp_path, monkeypatch)  # fills the Hugging Face cache
+    (copy,) = [p for p in Path(os.environ["HF_HUB_CACHE"]).rglob("functional.py") if "snapshots" in p.parts]
+    blob = copy.resolve()
+    blob.write_bytes(blob.read_bytes() + b"\nimport os  # tampered\n")
+    capsys.readouterr()
+    assert main(["lock", RMS, "--revision", "main", "--backend", "cpu", "-o", str(tmp_path / "again.lock")]) != 0
+    err = capsys.readouterr().err
+    assert "rms_norm/functional.py" in err and "differs from what the Hub publishes" in err
+    assert not (tmp_path / "again.lock").exists()
 
 
 # -- hostile lock files (issue 14, defect 9): one schema, a size cap, a LockfileError naming the file and the field --

@@ -58,6 +58,11 @@ class Snapshot(ABC):
         """The files of this snapshot that ``fetch(patterns)`` would bring."""
         return sorted(f for f in self.files if any(fnmatch.fnmatchcase(f, p) for p in patterns))
 
+    def tampered(self, root: Path, files) -> list[str]:
+        """Of ``files`` fetched under ``root``, those whose content is not what the provider publishes for
+        them (only a provider that publishes content ids can tell; the others say none)."""
+        return []
+
     def fetch_one(self, path: str) -> Path:
         """Fetch a single (small) file and return its local path."""
         return self.fetch([path]) / path

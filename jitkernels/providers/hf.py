@@ -34,14 +34,45 @@ from .base import KernelRef, Provider, Snapshot
 _REPO_TYPES = ("kernel", "model")
 
 
+def _content_ids(listed) -> dict:
+    """What the Hub says each file's content is: the LFS sha256, else the git blob id."""
+    ids = {}
+    for item in listed:
+        lfs = getattr(item, "lfs", None)
+        sha256 = getattr(lfs, "sha256", None) if lfs is not None else None
+        if isinstance(sha256, str):
+            ids[item.path] = ("sha256", sha256)
+        elif isinstance(getattr(item, "blob_id", None), str):
+            ids[item.path] = ("git", item.blob_id)
+    return ids
+
+
 class HfSnapshot(Snapshot):
-    def __init__(self, ref: KernelRef, repo_type: str, commit: str, requested: str | None, files, offline: bool):
+    def __init__(self, ref: KernelRef, repo_type: str, commit: str, requested: str | None, files, offline: bool,
+                 content_ids: dict | None = None):
         self.ref = ref
         self.repo_type = repo_type
         self.commit = commit
         self.requested = requested
         self.files = frozenset(files)
         self.offline = offline
+        #: path -> ("sha256", hex) for LFS files, ("git", blob sha1) for the others: the Hub's listing (online only)
+        self.content_ids = content_ids or {}
+
+    def tampered(self, root: Path, files) -> list[str]:
+        import hashlib
+
+        changed = []
+        for rel in files:
+            kind, expected = self.content_ids.get(rel, (None, None))
+            if expected is None:
+                continue
+            data = (root / rel).read_bytes()
+            actual = (hashlib.sha256(data).hexdigest() if kind == "sha256"
+                      else hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest())
+            if actual != expected:
+                changed.append(rel)
+        return changed
 
     @property
     def location(self) -> str:
@@ -165,13 +196,10 @@ class HfKernelsProvider(Provider):
                 rev = revision if revision is not None else self._default_revision(api, ref, repo_type)
                 info = api.repo_info(ref.repo_id, repo_type=repo_type, revision=rev, timeout=timeout)
                 commit = info.sha
-                files = [
-                    item.path
-                    for item in api.list_repo_tree(
-                        ref.repo_id, repo_type=repo_type, revision=commit, recursive=True
-                    )
-                    if type(item).__name__ == "RepoFile"
-                ]
+                listed = [item for item in api.list_repo_tree(ref.repo_id, repo_type=repo_type, revision=commit,
+                                                              recursive=True)
+                          if type(item).__name__ == "RepoFile"]
+                files = [item.path for item in listed]
             except hf_errors.RevisionNotFoundError as exc:
                 raise RevisionNotFoundError(
                     f"Kernel {ref.repo_id} has no revision {revision!r}. "
@@ -195,7 +223,7 @@ class HfKernelsProvider(Provider):
                     f"The Hub's file list for {ref.repo_id}@{commit} names {len(escaping)} path(s) that leave the "
                     f"repository ({escaping[0]!r}); refusing this revision (a broken or hostile mirror? "
                     f"HF_ENDPOINT is {config.hf_endpoint()}).")
-            return HfSnapshot(ref, repo_type, commit, rev, files, offline=False)
+            return HfSnapshot(ref, repo_type, commit, rev, files, offline=False, content_ids=_content_ids(listed))
         raise KernelNotFoundError(
             f"Kernel repository {ref.repo_id!r} was not found on {config.hf_endpoint()} (as a kernel or model repo). "
             f"Check the name (bare names map to {config.hf_default_org()}/<name>), or log in if it is private."
