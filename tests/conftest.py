@@ -81,11 +81,16 @@ def binary_variant(python_name: str, name: str, variant: str, backend: str, **me
     }
 
 
-def make_git_monorepo(where: Path) -> tuple[str, str]:
-    """A bare git repo laid out like kernels-community (one folder per kernel); returns (url, commit)."""
+def make_git_monorepo(where: Path, links: dict[str, str] | None = None) -> tuple[str, str]:
+    """A bare git repo laid out like kernels-community (one folder per kernel); returns (url, commit).
+
+    ``links``: symbolic links to commit too (``{path: target}``), as git stores them.
+    """
     work = where / "monorepo-work"
     shutil.copytree(EXAMPLES / "scaled-add", work / "scaled-add")
     (work / "README.md").write_text("kernels monorepo fixture\n")
+    for path, target in (links or {}).items():
+        (work / path).symlink_to(target)
     env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@e", GIT_COMMITTER_NAME="t",
                GIT_COMMITTER_EMAIL="t@e")
     run = lambda *a, cwd=work: subprocess.run(["git", *a], cwd=cwd, check=True, capture_output=True, env=env)  # noqa: E731

@@ -95,3 +95,27 @@ def test_a_mirror_listing_a_path_that_leaves_the_repository_is_refused_and_nothi
     written = [p for p in tmp_path.rglob("*") if p not in before and oid in p.name]
     assert written == []
     assert entry_dirs("_rms_norm_cpu_") == []
+
+
+@pytest.mark.parametrize("target, refused", [("README.md", False), ("../../../../etc/hostname", True),
+                                             ("/etc/hostname", True), ("scaled-add", True), ("gone.txt", True)],
+                         ids=["in-tree-file", "escaping", "absolute", "folder", "dangling"])
+def test_links_in_a_git_source_are_copied_inside_it_or_refused_by_name(tmp_path, target, refused):
+    """A metadata.json ``source`` checkout with any link failed at publish as "check the disk", and a link out
+    of the tree was read and hashed first."""
+    from jitkernels.errors import BuildConfigError
+    from jitkernels.providers.base import KernelRef
+    from jitkernels.providers.git import fetch_git_commit
+
+    from conftest import make_git_monorepo
+
+    url, commit = make_git_monorepo(tmp_path, links={"README.link": target})
+    ref = KernelRef("hf_kernels", "kernels-test/linked")
+    if refused:
+        with pytest.raises(BuildConfigError, match="README.link is a symbolic link"):
+            fetch_git_commit(ref, url, commit)
+        assert entry_dirs("git-") == []
+    else:
+        tree_root = fetch_git_commit(ref, url, commit).path
+        copy = tree_root / "README.link"
+        assert not copy.is_symlink() and copy.read_text() == (tree_root / "README.md").read_text()

@@ -74,7 +74,28 @@ def fetch_git_commit(ref: KernelRef, url: str, commit: str) -> LocalSnapshot:
         if result.returncode != 0:
             raise FetchError(f"git checkout {commit[:12]} of {url} failed: {result.stderr.strip()[-500:]}")
         shutil.rmtree(tree / ".git", ignore_errors=True)
+        _copy_links(tree, f"the source of {ref.repo_id} ({url} at {commit[:12]})")
         return {"git": {"url": url, "commit": commit}}
 
     recipe = Recipe(name=name, what=f"fetching the source of {ref.repo_id}", inspection=None, fill=fill)
     return LocalSnapshot(ref, obtain(recipe) / "tree", commit=commit, kind="git")
+
+
+def _copy_links(tree: Path, what: str) -> None:
+    """A checkout's symbolic links to files inside it become copies (an entry holds regular files only, and
+    nothing is ever read through a link); a link that leaves the tree, dangles or names a folder is refused."""
+    root = tree.resolve()
+    links = [Path(folder) / name for folder, dirs, files in os.walk(tree) for name in dirs + files
+             if (Path(folder) / name).is_symlink()]
+    for link in links:
+        target = Path(os.path.realpath(link))
+        rel = link.relative_to(tree)
+        if not target.is_relative_to(root) or not target.is_file():
+            raise BuildConfigError(
+                f"{what}: {rel} is a symbolic link to {os.readlink(link)!r}, which is "
+                f"{'outside the repository' if not target.is_relative_to(root) else 'not a file in it'}. "
+                f"JitKernels copies only links to files inside the repository.")
+    for link in links:
+        target = Path(os.path.realpath(link))
+        link.unlink()
+        shutil.copyfile(target, link)
