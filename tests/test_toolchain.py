@@ -322,3 +322,17 @@ def test_a_remote_index_may_not_point_a_wheel_at_a_local_file(pip_torch, monkeyp
         with pytest.raises(BuildInputError, match="only http\\(s\\) links are followed from a remote index"):
             toolchain.provision("13.0")
     assert entry_dirs() == []
+
+
+def test_wheels_that_disagree_on_a_file_or_folder_are_refused_by_name(pip_torch, monkeypatch):
+    """One wheel shipping bin as a file was reported as a full or unwritable cache."""
+    wheels = cudawheels.compiler_wheels()
+    cccl = next(n for n in wheels if n.startswith("nvidia_cuda_cccl"))
+    files = dict(cudawheels._contents("nvidia-cuda-cccl", "13.0.85"))
+    files["nvidia/cu13/bin"] = (b"x", False)
+    wheels[cccl] = cudawheels.make_wheel("nvidia-cuda-cccl", "13.0.85", files)
+    with ArchiveServer(cudawheels.index_pages(wheels)) as server:
+        monkeypatch.setenv("JITKERNELS_CUDA_INDEX", server.url + "/simple")
+        with pytest.raises(BuildInputError, match=r"ships .*bin.* another CUDA wheel ships bin as a (file|folder)"):
+            toolchain.provision("13.0")
+    assert entry_dirs() == []

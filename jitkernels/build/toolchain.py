@@ -478,6 +478,10 @@ def _merge(unpacked: Path, out: Path, wheel: str) -> None:
             continue
         rel = source.relative_to(prefixes[0])
         target = out / rel
+        clash = next((parent for parent in reversed(rel.parents) if (out / parent).is_file()), None)
+        if clash is not None or target.is_dir():  # a file where another wheel has a folder, or the reverse
+            raise BuildInputError(f"{wheel} ships {rel}, but another CUDA wheel ships "
+                                  f"{clash if clash is not None else rel} as a {'file' if clash is not None else 'folder'}.")
         if target.exists():
             if target.read_bytes() != source.read_bytes():
                 raise BuildInputError(f"{wheel} ships {rel}, which another CUDA wheel ships differently.")
