@@ -181,7 +181,7 @@ def _seconds(name: str, default: float) -> float:
         value = float(os.environ.get(name, default))
     except ValueError:
         return default
-    return value if value > 0 else default
+    return value if 0 < value < 1e9 else default  # nan, inf and absurd values: the default (inf broke every load)
 
 
 def network_timeout() -> float:

@@ -40,3 +40,12 @@ def test_offline_org_name_with_underscores_finds_the_hyphenated_repo(online, mon
 
     warm.LOADED.clear()
     assert jitkernels.load("hf", "jitkernels-examples/rms_norm", revision="main", backend="cpu") is k
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-3", "1e300", "soon"])
+def test_a_timeout_that_is_not_a_sane_number_of_seconds_falls_back_to_the_default(monkeypatch, value):
+    """JITKERNELS_TIMEOUT=inf made every load fail with 'timestamp out of range' while doctor said the Hub was fine."""
+    from jitkernels import config
+
+    monkeypatch.setenv("JITKERNELS_TIMEOUT", value)
+    assert config.network_timeout() == 10.0
