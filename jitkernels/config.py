@@ -190,7 +190,7 @@ def network_timeout() -> float:
 
 
 def download_deadline() -> float:
-    """``JITKERNELS_DOWNLOAD_DEADLINE``: seconds one build-input download (a CUTLASS release) may take in all
+    """``JITKERNELS_DOWNLOAD_DEADLINE``: seconds one build-input download (a CUTLASS release, a CUDA compiler wheel) may take in all
     (default 900): a mirror that trickles bytes never trips the per-read ``JITKERNELS_TIMEOUT``."""
     return _seconds("JITKERNELS_DOWNLOAD_DEADLINE", 900.0)
 
