@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import jitkernels
-from jitkernels.errors import KernelImportError, InvalidKernelNameError
+from jitkernels.errors import InvalidKernelNameError
 
 from conftest import FIXTURES, child_env
 

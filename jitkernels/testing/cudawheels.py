@@ -80,7 +80,7 @@ def make_wheel(project: str, version: str, files: dict[str, tuple[bytes, bool]],
                extras: tuple[str, ...] = ()) -> bytes:
     """A wheel (zip) holding ``files`` with their modes and a ``.dist-info`` (METADATA, WHEEL, RECORD)."""
     dist = f"{project.replace('-', '_')}-{version}.dist-info"
-    meta = [f"Metadata-Version: 2.4", f"Name: {project}", f"Version: {version}"]
+    meta = ["Metadata-Version: 2.4", f"Name: {project}", f"Version: {version}"]
     meta += [f"Provides-Extra: {e}" for e in extras] + [f"Requires-Dist: {r}" for r in requires]
     members = dict(files)
     members[f"{dist}/METADATA"] = ("\n".join(meta) + "\n\n").encode(), False

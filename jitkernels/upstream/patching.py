@@ -574,7 +574,7 @@ def _kernels_installed() -> bool:
 
 
 def _patch(provider, *, autopatch: bool = False, fallback=None, cold_start=None) -> tuple[bool, tuple | None]:
-    """(whether this call patched, and, when a patch was already on, its settings for :meth:`Patch.restore`)."""
+    """(whether this call patched, and, when a patch was already on, its settings, which :meth:`Patch._undo` puts back)."""
     from ..providers import provider_name
 
     canonical = provider_name(provider)
