@@ -31,16 +31,18 @@ class _HubBootstrap:
 
     The real finder (:class:`jitkernels.hub.HubFinder`) is installed when the package
     ``jitkernels.hub`` has run, but another thread can see that package in ``sys.modules``
-    while it still runs, and would then find no finder for ``jitkernels.hub.hf``. A finder
-    must not wait (the import system calls it under its global lock), so this one answers
-    with a loader that waits (under the module's own lock) for ``jitkernels.hub`` and hands
-    over to the real finder. Every other name costs one ``str.startswith``, and only for
-    names no other finder found.
+    while it still runs, and would then find no finder for ``jitkernels.hub.hf``, nor (while
+    ``jitkernels.hub.hf`` waits for it, in ``sys.modules`` too) for ``jitkernels.hub.hf.<kernel>``.
+    A finder must not wait (the import system calls it under its global lock), so this one
+    answers those two depths with a loader that waits (under the module locks) for the parent
+    and hands over to the real finder. Deeper names are a kernel's submodules: their parent is
+    a kernel, whose own import may be waiting for them. Every other name costs one
+    ``str.startswith``, and only for names no other finder found.
     """
 
     @staticmethod
     def find_spec(fullname, path=None, target=None):
-        if not fullname.startswith("jitkernels.hub.") or fullname.count(".") != 2:
+        if not fullname.startswith("jitkernels.hub.") or fullname.count(".") not in (2, 3):
             return None
         hub = sys.modules.get("jitkernels.hub")
         if hub is not None and not getattr(getattr(hub, "__spec__", None), "_initializing", False):
@@ -57,12 +59,16 @@ class _HubBootstrap:
     def exec_module(module):
         import importlib
 
-        hub = importlib.import_module("jitkernels.hub")  # waits for a concurrent first import to finish
-        real = hub.HubFinder.find_spec(module.__name__)
+        importlib.import_module(module.__name__.rpartition(".")[0])  # waits for a concurrent import of it to finish
+        real = sys.modules["jitkernels.hub"].HubFinder.find_spec(module.__name__)
         if real is None:
             raise ModuleNotFoundError(f"No module named {module.__name__!r}", name=module.__name__)
         module.__spec__, module.__loader__ = real, real.loader
-        real.loader.exec_module(module)
+        real._initializing = True  # as the import system marks a spec: other threads wait for this module
+        try:
+            real.loader.exec_module(module)
+        finally:
+            real._initializing = False
 
 
 if _HubBootstrap.__qualname__ not in {getattr(f, "__qualname__", None) for f in sys.meta_path}:

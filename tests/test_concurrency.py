@@ -116,6 +116,32 @@ def test_threads_importing_through_two_aliases_get_the_one_module():
         assert out.stdout.strip() == "10 1 []", out.stdout + out.stderr[-2000:]
 
 
+def test_threads_importing_every_spelling_get_the_one_module(tmp_path):
+    # Each documented spelling (every identifier alias; short and org__name) at once, in fresh processes,
+    # cold and warm: a thread could see jitkernels.hub.<alias> half-imported and find no kernel module.
+    code = """
+        import importlib, threading, jitkernels
+        names = [f"jitkernels.hub.{a}.{k}" for a in ("hf", "hf_kernels", "huggingface")
+                 for k in ("rms_norm", "kernels_community__rms_norm")]
+        barrier = threading.Barrier(12)
+        got, errors = [], []
+        def work(i):
+            barrier.wait()
+            try:
+                got.append(importlib.import_module(names[i % len(names)]))
+            except Exception as exc:
+                errors.append(repr(exc))
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(12)]
+        [t.start() for t in threads]; [t.join() for t in threads]
+        print(len(got), len({id(m) for m in got}), errors)
+    """
+    local = f"kernels-community/rms-norm={EXAMPLES / 'rms-norm'}"
+    for run in range(10):  # before the fix: about 1 run in 2 failed, cold or warm
+        cache = tmp_path / f"cache{run // 2}"  # even runs cold (a new cache), odd runs warm
+        out = run_python(code, LOCAL_KERNELS=local, JITKERNELS_CACHE=cache)
+        assert out.stdout.strip() == "12 1 []", f"run {run}: " + out.stdout + out.stderr[-2000:]
+
+
 def test_sweep_keeps_a_staging_folder_whose_owner_lives_in_another_pid_namespace():
     from jitkernels.cache import workspaces
 
