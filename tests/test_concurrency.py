@@ -238,3 +238,41 @@ def test_a_hung_holder_whose_build_log_stopped_growing_times_out(online, monkeyp
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_waiter_sees_every_finished_step_of_a_slow_build(tmp_path, monkeypatch):
+    """A builder whose steps finish slowly but steadily is waited for: its log grows with each step.
+
+    The log used to be block-buffered, so the file on disk did not change until 8 KB of compiler
+    output had piled up; on a big kernel (the last heavy units of flash-attn2 on the H100, 150 s
+    without a visible change) a waiter took a working builder for a hung one.
+    """
+    fake_ninja = tmp_path / "ninja"
+    fake_ninja.write_text("#!/bin/sh\nfor i in 1 2 3 4 5 6 7 8; do sleep 0.5; echo \"[$i/8] CXX u$i.cpp\"; done\n")
+    fake_ninja.chmod(0o755)
+    log = tmp_path / "build.log"
+    holder = start_python(f"""
+        from pathlib import Path
+        from jitkernels.build.native import builder
+        from jitkernels.build.native.spec import BuildSpec, SourceUnit
+        from jitkernels.cache import locks
+        builder._ninja = lambda: {str(fake_ninja)!r}
+        spec = BuildSpec(extension_name="_slow", kernel="kernels-test/slow", backend="cpu",
+                         units=tuple(SourceUnit(f"u{{i}}.cpp", "cxx") for i in range(1, 8)), cxx_flags=(),
+                         cuda_flags=(), link_flags=(), archs=(), stable_abi=None, inputs_digest="", toolchain=())
+        with locks.hold("entry:slow", what="building slow", log=Path({str(log)!r})):
+            print("HELD", flush=True)
+            builder.run_ninja(spec, Path({str(tmp_path)!r}), Path({str(log)!r}))
+    """)
+    monkeypatch.setenv("JITKERNELS_LOCK_TIMEOUT", "2")
+    from jitkernels.cache import locks
+
+    try:
+        assert holder.stdout.readline().strip() == "HELD"
+        with locks.hold("entry:slow", what="building slow"):  # LockTimeoutError if the log looked still for 2 s
+            pass
+        assert holder.wait(timeout=30) == 0
+        assert "[8/8] CXX u8.cpp" in log.read_text()
+    finally:
+        holder.kill()
+        holder.wait()

@@ -316,7 +316,8 @@ def run_ninja(spec: BuildSpec, obj: Path, log_path: Path) -> None:
     failed: list[str] = []
     steps = spec.steps()
     with progress.task(f"jitkernels: building {spec.extension_name}", total=steps, unit="step",
-                       eta_after=min(3, steps)) as shown, open(log_path, "w") as log:
+                       eta_after=min(3, steps)) as shown, open(log_path, "w", buffering=1) as log:
+        # Line-buffered: waiters on the cache lock judge this build alive by the log changing, step by step.
         log.write(f"# {spec.describe()}\n# {' '.join(cmd)}\n")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         assert proc.stdout is not None
