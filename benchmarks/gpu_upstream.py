@@ -21,6 +21,10 @@
      ``attn_implementation="sdpa"``. flash-attn2 has 76 units (about 15 min on 16 cores): with
      ``--build-seconds`` the build is stopped after that long and the part says "run again"; the
      next run resumes from the cache.
+   * ``suite``: ``jitkernels test flash-attn2 --time-box S`` (its own ``tests/``, the package importable
+     as ``flash_attn2``, ``kernels.get_kernel`` patched) in the same venv and cache, so the build above
+     is reused; ``--suite-args`` picks the subset (pytest arguments), ``--suite-seconds`` the box, which
+     ``--deadline`` (seconds since the script started) shortens so the run ends in time.
 
    Each part checks that every replaced layer runs code from a module JitKernels built (its file
    lies in the JitKernels cache) and that the logits match within bf16 tolerance.
@@ -34,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,6 +48,7 @@ import threading
 import time
 from pathlib import Path
 
+START = time.monotonic()
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRES = ["kernels==0.19.1", "transformers==5.25.0", "huggingface_hub==2.4.0"]
 JITKERNELS_DEPS = ["wrapt", "filelock"]  # jitkernels itself comes from the repository copy (PYTHONPATH)
@@ -141,6 +147,24 @@ print("RESULT " + '{"built": true}', flush=True)
 ''' % ATTN
 
 
+def run_suite(python: Path, env: dict, seconds: float, pytest_args: list[str], log) -> dict:
+    """``jitkernels test flash-attn2`` in the venv: its JSON summary, with the pytest summary line."""
+    cmd = [str(python), "-m", "jitkernels", "test", "flash-attn2", "--backend", "cuda", "--time-box",
+           f"{seconds:.0f}", "--json", "--", *pytest_args]
+    log.write(f"$ {' '.join(cmd)}\n")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    log.write(proc.stderr + proc.stdout)
+    sys.stdout.write(proc.stderr[-4000:])
+    try:
+        summary = json.loads(proc.stdout)
+    except ValueError:
+        summary = {"stdout": proc.stdout[-2000:]}
+    tail = [line.strip("= ") for line in proc.stderr.splitlines()  # "=== 3 passed in 1s ===", or bare under -q
+            if re.match(r"^(=+ )?\d+ (passed|failed|errors?|skipped|deselected)\b.* in [\d.]+s( =+)?$", line)]
+    return {**summary, "exit_code": proc.returncode, "pytest_summary": tail[-1] if tail else "",
+            "command": "jitkernels test flash-attn2 " + " ".join(cmd[cmd.index("--backend"):])}
+
+
 def make_venv(args) -> Path:
     venv = Path(args.venv) if args.venv else Path(tempfile.gettempdir()) / "jitkernels-gpu-upstream-venv"
     python = venv / "bin" / "python"
@@ -202,13 +226,18 @@ def main() -> int:
     parser.add_argument("--kc", default=os.environ.get("JITKERNELS_KC"), help="kernels-community checkout")
     parser.add_argument("--wheels", default=str(ROOT / "wheels" / "gpu-upstream"), help="folder of the wheels")
     parser.add_argument("--venv", default=None, help="reuse (or create) this venv")
-    parser.add_argument("--parts", default="kernelize,attention", help="kernelize, attention, or both")
+    parser.add_argument("--parts", default="kernelize,attention", help="comma-separated: kernelize, attention, suite")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "jitkernels-gpu-upstream"),
                         help="JitKernels cache, kept between runs (a cut build resumes)")
     parser.add_argument("--build-seconds", type=float, default=None,
                         help="stop the flash-attn2 build after this long (exit 3: run again to resume)")
     parser.add_argument("--cutlass-archives", default=None, help="folder of cutlass-<version>.tar.gz, served locally")
     parser.add_argument("--cutlass-dir", default=None, help="JITKERNELS_CUTLASS_DIR (cutlass-<version>/include)")
+    parser.add_argument("--suite-seconds", type=float, default=300, help="time box of the suite part")
+    parser.add_argument("--suite-args", default="tests/test_flash_attn.py -k 128 -q",
+                        help="pytest arguments of the suite part (default: the head-dim/seqlen-128 cases)")
+    parser.add_argument("--deadline", type=float, default=None,
+                        help="seconds since start by which the suite part must end (shortens its box)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="where the results go")
     args = parser.parse_args()
     if not args.kc or not Path(args.kc, "activation").is_dir():
@@ -241,6 +270,20 @@ def main() -> int:
                                               else "flash-attn2 build failed (see gpu-upstream.log)"}
                     ok, cut_any = False, cut_any or cut
                     continue
+            if part == "suite":
+                box = args.suite_seconds
+                if args.deadline:
+                    box = min(box, args.deadline - (time.monotonic() - START) - 30)
+                if box < 20:
+                    results["parts"][part] = {"ok": False, "note": f"no time left for the suite ({box:.0f} s)"}
+                    ok = False
+                    continue
+                data = run_suite(python, env, box, args.suite_args.split(), log)
+                outcomes = data.get("outcomes", {})
+                passed = data["exit_code"] == 0 and outcomes.get("passed", 0) > 0
+                results["parts"][part] = {**data, "ok": passed, "wall_s": round(time.monotonic() - start, 1)}
+                ok = ok and passed
+                continue
             child = {"kernelize": CHILD_KERNELIZE, "attention": CHILD_ATTENTION}[part]
             code, data, _ = run_child(python, child, env, None, log)
             data = data or {}
@@ -260,7 +303,9 @@ def main() -> int:
     lines = ["| part | ok | replaced layers / kernel | max abs diff | tolerance | wall s |", "|---|---|---|---|---|---|"]
     for part, r in results["parts"].items():
         what = r.get("note") or json.dumps({k: r[k]["served"] for k in ("use_kernels", "kernelize") if k in r}) \
-            if part == "kernelize" else r.get("note") or r.get("kernel_module")
+            if part == "kernelize" else r.get("note") or (
+                f"{r.get('pytest_summary')}; outcomes {r.get('outcomes')}; cut after {r.get('cut_after')} tests "
+                f"by the {r.get('time_box')} s box" if part == "suite" else r.get("kernel_module"))
         diff = r.get("max_abs_diff", {k: r[k]["max_abs_diff"] for k in ("use_kernels", "kernelize") if k in r})
         lines.append(f"| {part} | {r['ok']} | {what} | {diff} | {r.get('tolerance', '-')} | {r.get('wall_s', '-')} |")
     (out / "gpu-upstream.md").write_text(f"`{results['command']}`\n\n" + "\n".join(lines) + "\n")
