@@ -123,3 +123,49 @@ def test_a_project_folder_with_a_bad_table_is_a_clear_error(tmp_path, capsys, ta
     assert sorted(p.name for p in folder.iterdir()) == ["pyproject.toml"]  # nothing written
     assert main(["warmup", "--from", str(tmp_path)]) == 1
     assert "has no pyproject.toml" in capsys.readouterr().err
+
+
+def test_doctor_names_settings_that_do_nothing_or_are_not_understood(tmp_path, capsys, monkeypatch):
+    """A misspelt variable or a value the code does not understand was silent until a load tripped on it."""
+    good = tmp_path / "cutlass"
+    good.mkdir()
+    bad_lock = tmp_path / "jitkernels.lock"
+    bad_lock.write_text('{"kernels": ')
+    for name, value in {"JITKERNELS_REMOTE_CAHCE": "s3://bucket/jk", "JITKERNELS_COMPILER_CACHE": "ccahe",
+                        "JITKERNELS_LOCKFILE": str(bad_lock), "JITKERNELS_TIMEOUT": "ten",
+                        "JITKERNELS_AUTOPATCH": "please", "JITKERNELS_HF_ORG": "../../etc",
+                        "JITKERNELS_CUTLASS_DIR": str(good), "JITKERNELS_COLD_START": "background"}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["doctor", "--json"]) == 0
+    settings = _json(capsys)["settings"]
+    problems = settings["problems"]
+    assert settings["set"]["JITKERNELS_REMOTE_CAHCE"] == "s3://bucket/jk"
+    assert "does nothing. Did you mean JITKERNELS_REMOTE_CACHE" in problems["JITKERNELS_REMOTE_CAHCE"]
+    assert "'sccache' or 'ccache'" in problems["JITKERNELS_COMPILER_CACHE"]
+    assert "not a JSON lock file" in problems["JITKERNELS_LOCKFILE"]
+    assert "default is used" in problems["JITKERNELS_TIMEOUT"]
+    assert "read as no" in problems["JITKERNELS_AUTOPATCH"]
+    assert "organisation" in problems["JITKERNELS_HF_ORG"]
+    assert "JITKERNELS_CUTLASS_DIR" not in problems and "JITKERNELS_COLD_START" not in problems
+    assert "JITKERNELS_CACHE" not in problems  # the test's own cache folder: fine
+
+    assert main(["doctor"]) == 0  # the table says the same
+    text = capsys.readouterr().out
+    assert re.search(r"problems\.JITKERNELS_REMOTE_CAHCE +not a JitKernels setting", text), text
+
+
+def test_doctor_knows_every_variable_the_package_reads():
+    """A variable added to the code but not to doctor's list would be called 'not a JitKernels setting'."""
+    from pathlib import Path
+
+    from jitkernels.cli import settings
+
+    root = Path(jitkernels.__file__).parent
+    read = set()
+    for path in [*root.rglob("*.py"), *(root.parent / "hooks").rglob("*.py")]:
+        if path.name == "settings.py" and path.parent.name == "cli":  # the list itself, and its misspelt examples
+            continue
+        read |= set(re.findall(r"\bJITKERNELS_[A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
+    read -= {"JITKERNELS_DECLARE_GIL_STANCE"}  # a C macro of the generated binding, not a variable
+    unknown = sorted(n for n in read if n not in settings.KNOWN and not settings.VERSION_DIR.match(n))
+    assert not unknown, unknown

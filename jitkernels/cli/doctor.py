@@ -9,7 +9,8 @@ provide one, see :mod:`jitkernels.build.toolchain`), ``gpus`` (from the per-boot
 one, so CUDA is not initialised), ``cache`` (folder, size, entries),
 ``background`` (the cold-start mode; background builds running, failed or
 stopped, one line each with its log), ``hub`` (reachable with a short
-timeout, skipped offline). A section that cannot be
+timeout, skipped offline), ``settings`` (every ``JITKERNELS_*`` variable set,
+and what is wrong with it: :mod:`jitkernels.cli.settings`). A section that cannot be
 determined says so in an ``error`` key: the doctor itself never fails.
 
 ``kernel(name)`` resolves and plans the kernel (no build, no binary
@@ -28,6 +29,7 @@ import time
 from importlib import metadata
 
 from .. import config, machine
+from . import settings
 from ..cache import layout
 from ..errors import JitKernelsError, error_record
 
@@ -237,6 +239,7 @@ def report(name: str | None = None, *, provider="hf_kernels", revision=None, ver
         "cache": _safe(cache_facts),
         "background": _safe(background),
         "hub": _safe(hub),
+        "settings": _safe(settings.report),
     }
     if name is not None:
         out["kernel"] = kernel(name, provider=provider, revision=revision, version=version, backend=backend)
