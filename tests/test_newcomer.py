@@ -154,6 +154,18 @@ def test_doctor_names_settings_that_do_nothing_or_are_not_understood(tmp_path, c
     assert re.search(r"problems\.JITKERNELS_REMOTE_CAHCE +not a JitKernels setting", text), text
 
 
+def test_doctor_does_not_wait_on_a_pipe_named_as_a_lock_file(tmp_path):
+    """Loads accept a pipe (``JITKERNELS_LOCKFILE=<(...)``); doctor must not block reading one that has no writer."""
+    import os
+
+    fifo = tmp_path / "lock.fifo"
+    os.mkfifo(fifo)
+    out = _cli("doctor", "--json", JITKERNELS_LOCKFILE=str(fifo), JITKERNELS_PINS=str(fifo))
+    assert out.returncode == 0, out.stderr[-2000:]
+    settings = json.loads(out.stdout)["settings"]
+    assert settings["set"]["JITKERNELS_LOCKFILE"] == str(fifo) and settings["problems"] is None
+
+
 def test_doctor_knows_every_variable_the_package_reads():
     """A variable added to the code but not to doctor's list would be called 'not a JitKernels setting'."""
     from pathlib import Path

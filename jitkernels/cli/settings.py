@@ -13,6 +13,7 @@ import difflib
 import logging
 import os
 import re
+import stat
 from pathlib import Path
 
 from .. import config
@@ -39,6 +40,13 @@ def _choice(value: str, accepted, meaning: str, use: str) -> str | None:
     return f"not understood ({meaning}); use {use}"
 
 
+def _is_pipe(path: Path) -> bool:
+    try:
+        return stat.S_ISFIFO(path.stat().st_mode)
+    except OSError:
+        return False
+
+
 def _problem(name: str, value: str) -> str | None:
     """What is wrong with ``name=value``, or None."""
     if name in SWITCHES:
@@ -57,11 +65,14 @@ def _problem(name: str, value: str) -> str | None:
         from ..hub import _pins
         from ..upstream.lockfiles import read_lock
 
+        paths = [Path(value).expanduser()] if name == "JITKERNELS_LOCKFILE" else config.pins_files()
+        if any(_is_pipe(path) for path in paths):
+            return None  # loads accept a pipe (<(...)); reading it here would take its content or wait for a writer
         try:
             if name == "JITKERNELS_LOCKFILE":
-                read_lock(Path(value).expanduser(), "lock file (JITKERNELS_LOCKFILE)")
+                read_lock(paths[0], "lock file (JITKERNELS_LOCKFILE)")
             else:
-                for path in config.pins_files():
+                for path in paths:
                     _pins._file_pins(str(path))
         except LockfileError as exc:
             said = str(exc).rstrip().rstrip(".")
