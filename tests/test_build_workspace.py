@@ -8,6 +8,7 @@ are counted with a ``CXX`` wrapper that logs every ``-c`` invocation.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -100,6 +101,10 @@ def test_a_killed_build_resumes_with_the_units_it_had_not_finished(kernel, count
     out = _load(kernel, cxx)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
     assert _count(log, "start") == 2, log.read_text()  # the finished unit was reused
+    # The user is told, and the bar counts what is left (it used to start at 0/4, then jump to 1/3).
+    assert re.search(r"resuming _scaled_add_cpu_\w+: 1 of 4 build steps were done by an earlier run, 3 to go",
+                     out.stderr), out.stderr[-2000:]
+    assert "/4 steps" not in out.stderr and "3/3 steps" in out.stderr, out.stderr[-2000:]
 
 
 def test_editing_a_local_kernel_recompiles_only_what_depends_on_the_edit(kernel, counting_cxx):

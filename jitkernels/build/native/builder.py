@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -315,6 +316,11 @@ def run_ninja(spec: BuildSpec, obj: Path, log_path: Path) -> None:
     tail: list[str] = []
     failed: list[str] = []
     steps = spec.steps()
+    left = _steps_left(cmd, env)
+    if left is not None and 0 < left < steps:  # a build cut short earlier: its finished units are kept
+        progress.say(logger, f"jitkernels: resuming {spec.extension_name}: {steps - left} of {steps} build steps "
+                             f"were done by an earlier run, {left} to go")
+        steps = left
     with progress.task(f"jitkernels: building {spec.extension_name}", total=steps, unit="step",
                        eta_after=min(3, steps)) as shown, open(log_path, "w", buffering=1) as log:
         # Line-buffered: waiters on the cache lock judge this build alive by the log changing, step by step.
@@ -353,6 +359,18 @@ def run_ninja(spec: BuildSpec, obj: Path, log_path: Path) -> None:
             f"(JITKERNELS_VERBOSE=1 shows every compiler command).",
             log_path=log_path,
         )
+
+
+def _steps_left(cmd: list[str], env: dict) -> int | None:
+    """How many steps ninja would run (a dry run, ``-n``), so a resumed build counts what is left to do."""
+    try:
+        dry = subprocess.run([*cmd, "-n"], capture_output=True, text=True, env=env, timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if dry.returncode != 0:
+        return None
+    totals = re.findall(r"^\[\d+/(\d+)\] ", dry.stdout, re.M)
+    return int(totals[-1]) if totals else 0
 
 
 def _short(what: str) -> str:
