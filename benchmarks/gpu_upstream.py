@@ -231,7 +231,9 @@ def main() -> int:
                         help="JitKernels cache, kept between runs (a cut build resumes)")
     parser.add_argument("--build-seconds", type=float, default=None,
                         help="stop the flash-attn2 build after this long (exit 3: run again to resume)")
-    parser.add_argument("--cutlass-archives", default=None, help="folder of cutlass-<version>.tar.gz, served locally")
+    parser.add_argument("--cutlass-archives", default=None,
+                        help="folder of cutlass-<version>.tar.gz (git archive --prefix=cutlass-<version>/ ...), unpacked "
+                             "into a temporary JITKERNELS_CUTLASS_DIR")
     parser.add_argument("--cutlass-dir", default=None, help="JITKERNELS_CUTLASS_DIR (cutlass-<version>/include)")
     parser.add_argument("--suite-seconds", type=float, default=300, help="time box of the suite part")
     parser.add_argument("--suite-args", default="tests/test_flash_attn.py -k 128 -q",
@@ -252,11 +254,14 @@ def main() -> int:
                LOCAL_KERNELS=":".join(f"{r}={kc / d}" for r, d in {**MAPPED, ATTN: "flash-attn2"}.items()))
     if args.cutlass_dir:
         env["JITKERNELS_CUTLASS_DIR"] = args.cutlass_dir
-    if args.cutlass_archives:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        from gpu_corpus import serve
+    if args.cutlass_archives:  # unpacked here: the children run with HF_HUB_OFFLINE=1, which forbids downloads
+        import tarfile
 
-        env["JITKERNELS_CUTLASS_URL"] = serve(Path(args.cutlass_archives)) + "/cutlass-{version}.tar.gz"
+        unpacked = Path(tempfile.mkdtemp(prefix="jitkernels-cutlass-"))
+        for archive in sorted(Path(args.cutlass_archives).glob("cutlass-*.tar.gz")):
+            with tarfile.open(archive) as tar:
+                tar.extractall(unpacked, filter="data")
+        env["JITKERNELS_CUTLASS_DIR"] = str(unpacked)
     results, ok, cut_any = {"parts": {}}, True, False
     with open(out / "gpu-upstream.log", "a") as log:
         log.write(f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(sys.argv)}\n")
