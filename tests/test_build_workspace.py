@@ -102,7 +102,7 @@ def test_a_killed_build_resumes_with_the_units_it_had_not_finished(kernel, count
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
     assert _count(log, "start") == 2, log.read_text()  # the finished unit was reused
     # The user is told, and the bar counts what is left (it used to start at 0/4, then jump to 1/3).
-    assert re.search(r"resuming _scaled_add_cpu_\w+: 1 of 4 build steps were done by an earlier run, 3 to go",
+    assert re.search(r"_scaled_add_cpu_\w+: 1 of 4 build steps are up to date from an earlier build, 3 to go",
                      out.stderr), out.stderr[-2000:]
     assert "/4 steps" not in out.stderr and "3/3 steps" in out.stderr, out.stderr[-2000:]
 
@@ -120,6 +120,8 @@ def test_editing_a_local_kernel_recompiles_only_what_depends_on_the_edit(kernel,
     assert second.returncode == 0, second.stderr[-3000:]
     assert _count(log, "start") == 1, log.read_text()
     assert first.stdout.split()[1] != second.stdout.split()[1]  # a new entry, keyed by the new sources
+    assert re.search(r"2 of 4 build steps are up to date from an earlier build, 2 to go", second.stderr), \
+        second.stderr[-2000:]
 
     log.write_text("")
     header = kernel / "torch-ext" / "torch_binding.h"  # included by the binding unit only

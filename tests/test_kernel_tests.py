@@ -133,6 +133,18 @@ def test_an_edit_is_what_the_next_run_tests(tmp_path):
     assert re.search(r"^2 failed, 1 passed", out.stdout, re.M), out.stdout
 
 
+def test_a_file_or_test_named_on_the_command_line_is_all_that_runs(tmp_path):
+    """``jitkernels test NAME tests/test_x.py`` used to run every file of tests/ as well (both were given to pytest)."""
+    folder = _copy(tmp_path, ATTN)
+    (folder / "tests" / "test_elsewhere.py").write_text("def test_not_asked_for():\n    assert False\n")
+    out = _jk_test(str(folder), "tests/test_attn_interface.py", "-q")
+    assert out.returncode == 0 and re.search(r"^3 passed in", out.stdout, re.M), out.stdout + out.stderr
+    out = _jk_test(str(folder), "-q", "tests/test_attn_interface.py::test_the_op_of_the_submodule")
+    assert out.returncode == 0 and re.search(r"^1 passed in", out.stdout, re.M), out.stdout + out.stderr
+    out = _jk_test(str(folder), "-q", "-k", "tests or op_of")  # an option's value that looks like a folder's name
+    assert re.search(r"^1 failed, 3 passed in", out.stdout, re.M), out.stdout + out.stderr
+
+
 def test_time_box_and_json(tmp_path):
     folder = _copy(tmp_path, ATTN)
     out = _jk_test(str(folder), "--time-box", "0.001", "--json", "--", "-p", "no:randomly")

@@ -154,6 +154,30 @@ def test_doctor_names_settings_that_do_nothing_or_are_not_understood(tmp_path, c
     assert re.search(r"problems\.JITKERNELS_REMOTE_CAHCE +not a JitKernels setting", text), text
 
 
+def test_doctor_says_what_the_loaders_do_with_a_setting(tmp_path, capsys, monkeypatch):
+    """Found by an outside attack: doctor's word must match the reader's (a switch whose default is on, an empty
+    lock file, a CUTLASS folder without headers, a remote cache that cannot be set up, a value with a newline)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    for name, value in {"JITKERNELS_CUDA_PROVISION": "maybe", "JITKERNELS_LOCKFILE": "",
+                        "JITKERNELS_CUTLASS_3_8_DIR": str(tmp_path), "JITKERNELS_CUTLASS_3_8_DIRS": str(tmp_path),
+                        "JITKERNELS_REMOTE_CACHE": f"ftp://127.0.0.1:{port}/fleet",
+                        "JITKERNELS_TRUSTED": "a\nproblems.JITKERNELS_FAKE  x"}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["doctor"]) == 0
+    text = capsys.readouterr().out
+    problems = dict(re.findall(r"^  problems\.(\S+) +(.*)$", text, re.M))
+    assert problems["JITKERNELS_CUDA_PROVISION"].endswith("read as yes (the default)")
+    assert "include/cutlass/cutlass.h" in problems["JITKERNELS_CUTLASS_3_8_DIR"]
+    assert "JITKERNELS_CUTLASS_<major>_<minor>_DIR" in problems["JITKERNELS_CUTLASS_3_8_DIRS"]
+    assert "loads treat it as a miss" in problems["JITKERNELS_REMOTE_CACHE"]
+    assert "JITKERNELS_LOCKFILE" not in problems and "JITKERNELS_FAKE" not in problems
+    assert "a\\nproblems.JITKERNELS_FAKE" in text  # one line, the newline shown as \n
+
+
 def test_doctor_does_not_wait_on_a_pipe_named_as_a_lock_file(tmp_path):
     """Loads accept a pipe (``JITKERNELS_LOCKFILE=<(...)``); doctor must not block reading one that has no writer."""
     import os

@@ -229,6 +229,17 @@ def test_unreachable_remote_is_a_warning_and_a_miss(monkeypatch, tmp_path, caplo
     assert "is not used" in caplog.text and "failed" in caplog.text
 
 
+def test_a_remote_that_cannot_be_set_up_is_a_warning_and_a_miss(monkeypatch, caplog):
+    """ftp:// connects while its file system is made: a refused connection used to escape as a raw
+    ConnectionRefusedError from every native load."""
+    port = free_port()  # nothing listens there
+    monkeypatch.setenv("JITKERNELS_REMOTE_CACHE", f"ftp://127.0.0.1:{port}/fleet")
+    with caplog.at_level(logging.WARNING, logger="jitkernels"):
+        assert remote.configured() is None
+        assert remote.configured() is None  # resting: not asked again
+    assert caplog.text.count("could not be set up (ConnectionRefusedError") == 1, caplog.text
+
+
 @pytest.mark.parametrize("url,mode,match", [
     ("s3://bucket/x", "readwrite", "JITKERNELS_REMOTE_CACHE_MODE"),
     ("/just/a/path", "read", "is not a URL"),

@@ -74,6 +74,14 @@ def configured() -> RemoteCache | None:
     except _Late:
         _gave_up(url.rstrip("/"), "did not set up its file system")
         return None
+    except RemoteCacheError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - remote trouble (a file system that connects at once: ftp, sftp...)
+        _RESTING[url.rstrip("/")] = time.monotonic() + REST_AFTER_TIMEOUT
+        warning_once(f"The remote cache {url.rstrip('/')} could not be set up ({type(exc).__name__}: {exc}): "
+                     f"treated as a miss, and not asked again by this process for "
+                     f"{REST_AFTER_TIMEOUT / 60:.0f} minutes.")
+        return None
 
 
 # -- deadlines ---------------------------------------------------------------------------------------

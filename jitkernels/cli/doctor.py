@@ -371,5 +371,11 @@ def render(data: dict) -> str:
         for key, value in flat:
             if isinstance(value, list):
                 value = ", ".join(str(v) for v in value) or "-"
-            lines.append(f"  {key:<{width}}  {'-' if value is None else value}")
+            lines.append(f"  {key:<{width}}  {'-' if value is None else _printable(str(value))}")
     return "\n".join(lines)
+
+
+def _printable(text: str) -> str:
+    """A value as one printable line: a newline in a setting cannot fake a row, nor a stray byte fail the print."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in text)

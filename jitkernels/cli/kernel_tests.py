@@ -82,6 +82,15 @@ def find_suite(name: str) -> Suite:
     return Suite(folder, repo_id, tests)
 
 
+def _names_tests(arg: str, folder: Path) -> bool:
+    """Whether a pytest argument picks tests by path (``tests/test_x.py``, ``tests/test_x.py::test_y``, ``tests/``):
+    then it replaces the whole ``tests/`` folder. A bare word (an option's value, ``-k tests``) does not."""
+    path = arg.split("::", 1)[0]
+    if arg.startswith("-") or not ("/" in path or path.endswith(".py")):
+        return False
+    return (folder / path).exists() or Path(path).exists()
+
+
 class TimeBox:
     """A pytest plugin: once ``seconds`` have passed, no further test is started; it counts outcomes,
     and declares the markers kernels-community suites use without declaring them (``kernels_ci``)."""
@@ -145,7 +154,8 @@ def run(name: str, pytest_args: list[str], *, backend: str | None = None, time_b
         say("jitkernels test: upstream kernels is not installed; suites that use kernels.get_kernel cannot run")
     box = TimeBox(time_box)
     cache = config.cache_dir() / "pytest" / package
-    args = [str(suite.tests), "--rootdir", str(suite.folder), "-o", f"cache_dir={cache}",
+    chosen = [a for a in pytest_args if _names_tests(a, suite.folder)]
+    args = [*([] if chosen else [str(suite.tests)]), "--rootdir", str(suite.folder), "-o", f"cache_dir={cache}",
             "-W", "ignore::pytest.PytestAssertRewriteWarning", *pytest_args]  # plugins imported before pytest
     cwd = os.getcwd()
     os.chdir(suite.folder)  # conftest plugins such as `tests.fixtures.fixtures` import from the kernel folder

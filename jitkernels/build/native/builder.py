@@ -317,9 +317,9 @@ def run_ninja(spec: BuildSpec, obj: Path, log_path: Path) -> None:
     failed: list[str] = []
     steps = spec.steps()
     left = _steps_left(cmd, env)
-    if left is not None and 0 < left < steps:  # a build cut short earlier: its finished units are kept
-        progress.say(logger, f"jitkernels: resuming {spec.extension_name}: {steps - left} of {steps} build steps "
-                             f"were done by an earlier run, {left} to go")
+    if left is not None and 0 < left < steps:  # a build cut short, or a local kernel edited: finished units are kept
+        progress.say(logger, f"jitkernels: {spec.extension_name}: {steps - left} of {steps} build steps are up to "
+                             f"date from an earlier build, {left} to go")
         steps = left
     with progress.task(f"jitkernels: building {spec.extension_name}", total=steps, unit="step",
                        eta_after=min(3, steps)) as shown, open(log_path, "w", buffering=1) as log:
