@@ -364,7 +364,7 @@ def run_ninja(spec: BuildSpec, obj: Path, log_path: Path) -> None:
 def _steps_left(cmd: list[str], env: dict) -> int | None:
     """How many steps ninja would run (a dry run, ``-n``), so a resumed build counts what is left to do."""
     try:
-        dry = subprocess.run([*cmd, "-n"], capture_output=True, text=True, env=env, timeout=120)
+        dry = subprocess.run([*cmd, "-n"], capture_output=True, text=True, env=env, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
     if dry.returncode != 0:
