@@ -370,7 +370,10 @@ def build(name: str, env: dict, cache: Path, logs: Path, seconds: float, record:
     built["runs"].append(run)
 
 
-def run_suite(kc: Path, name: str, env: dict, work: Path, seconds: float, record: dict) -> None:
+def run_suite(kc: Path, name: str, env: dict, work: Path, seconds: float, record: dict, via_cli: bool = False) -> None:
+    if via_cli and name not in SCRIPT_SUITES and not ALIASES.get(name):
+        run_jitkernels_test(kc, name, env, work, seconds, record)
+        return
     target = work / f"{name}-tests"
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(kc / name / "tests", target / "tests")
@@ -419,6 +422,29 @@ def run_suite(kc: Path, name: str, env: dict, work: Path, seconds: float, record
         tests["adapted"] = "; ".join(adapted)
     if aliases:
         tests["aliases"] = ", ".join(f"{a} mapped to kernels-community/{name}'s source" for a in aliases)
+    if rc not in (0, None) or counts["failed"] or counts["error"]:
+        tests["cause"], tests["evidence"] = suggest_cause(out)
+    record["tests"] = tests
+
+
+def run_jitkernels_test(kc: Path, name: str, env: dict, work: Path, seconds: float, record: dict) -> None:
+    """The suite as a kernel author runs it: ``jitkernels test <kc>/<name> [selection]`` (the package importable by its
+    own name, ``kernels.get_kernel`` patched), in the kernel's own folder, the build reused from the cache."""
+    selection = TEST_SELECTION.get(name, [])
+    log = work / f"{name}.jitkernels-test.log"
+    box = max(10.0, seconds - 20)  # jitkernels test stops starting tests; the outer box is the hard limit
+    cmd = [sys.executable, "-m", "jitkernels", "test", str(kc / name), "--backend", "cuda", "--time-box", f"{box:.0f}",
+           "--", "-v", *selection]  # its pytest cache goes to the JitKernels cache
+    rc, wall = run_boxed(cmd, env, work, seconds, log)
+    out = log.read_text(errors="replace")
+    counts = {k.lower(): len(re.findall(rf"(?:::\S+| ){k}\b", out)) for k in ("PASSED", "FAILED", "SKIPPED", "ERROR")}
+    summary = next((line.strip("= ") for line in reversed(out.splitlines())
+                    if re.match(r"^=+ .*(passed|failed|error|skipped|no tests ran).* =+$", line)), "")
+    cut = re.search(r"cut by the \S+ time box after (\d+) tests", out)
+    tests = {"rc": rc, "seconds": round(wall, 1), "routes": ["jitkernels test"], "selection": selection or ["tests"],
+             "summary": summary + (f"; cut by the time box after {cut.group(1)} tests" if cut else ""),
+             "passed": counts["passed"], "failed": counts["failed"], "skipped": counts["skipped"],
+             "errors": counts["error"], "timed_out": rc is None or bool(cut), "command": " ".join(cmd[1:])}
     if rc not in (0, None) or counts["failed"] or counts["error"]:
         tests["cause"], tests["evidence"] = suggest_cause(out)
     record["tests"] = tests
@@ -518,6 +544,9 @@ def main() -> int:
     parser.add_argument("--retest", action="store_true", help="run suites again that already ran")
     parser.add_argument("--causes", default=None, help="JSON {kernel: 'cause: evidence'} (verdicts after reading)")
     parser.add_argument("--no-tests", action="store_true", help="build only")
+    parser.add_argument("--via-jitkernels-test", action="store_true",
+                        help="run pytest suites through `jitkernels test <kc>/<name>` (script suites and suites that "
+                             "load another repository's name keep their own runner)")
     args = parser.parse_args()
     if args.make_carry:
         return make_carry(args)
@@ -589,14 +618,14 @@ def main() -> int:
             record = state.kernel(n)
             if (record.get("build") or {}).get("ok") and not record.get("no_tests") and (
                     args.retest or "tests" not in record):
-                run_suite(kc, n, env, logs, min(args.test_cap, left() - 10), record)
+                run_suite(kc, n, env, logs, min(args.test_cap, left() - 10), record, args.via_jitkernels_test)
                 step_done()
     for n in queue:  # built in an earlier run, suite not run yet
         record = state.kernel(n)
         if args.no_tests or left() < 40 or record.get("no_tests") or not (record.get("build") or {}).get("ok"):
             continue
         if args.retest or "tests" not in record:
-            run_suite(kc, n, env, logs, min(args.test_cap, left() - 10), record)
+            run_suite(kc, n, env, logs, min(args.test_cap, left() - 10), record, args.via_jitkernels_test)
             step_done()
     run["seconds"] = round(elapsed(), 1)
     state.save(causes)
