@@ -4,7 +4,10 @@ A misspelt name (``JITKERNELS_REMOTE_CAHCE``) or a value the code does not
 understand (``JITKERNELS_COMPILER_CACHE=ccahe``, a lock file that does not
 exist) is silent until the code that reads it runs, if it ever does. The
 loaders stay lenient where they always were; doctor names each problem with
-the fix. The accepted words come from the modules that read the variables.
+the fix, and says what the reader does with the value. The accepted words come
+from the modules that read the variables where those modules name them
+(compiler-cache and remote-cache modes, cold-start words, CUTLASS pins);
+the fallback words mirror :func:`jitkernels.upstream.patching.fallback_mode`.
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ UNCLEAR_SWITCH = {"JITKERNELS_CUDA_PROVISION": "read as yes (the default)",
 NUMBERS = ("JITKERNELS_TIMEOUT", "JITKERNELS_REMOTE_CACHE_TIMEOUT", "JITKERNELS_LOCK_TIMEOUT",
            "JITKERNELS_DOWNLOAD_DEADLINE", "JITKERNELS_DOWNLOAD_MIN_RATE", "JITKERNELS_PROGRESS_INTERVAL")
 FILES = ("JITKERNELS_LOCKFILE", "JITKERNELS_PINS")
-OTHERS = ("JITKERNELS_CACHE", "JITKERNELS_CUTLASS_DIR", "JITKERNELS_TRUSTED", "JITKERNELS_CUDA_INDEX", "JITKERNELS_CUTLASS_URL",
-          "JITKERNELS_REMOTE_CACHE", "JITKERNELS_HF_ORG", "JITKERNELS_COLD_START", "JITKERNELS_FALLBACK",
-          "JITKERNELS_COMPILER_CACHE", "JITKERNELS_REMOTE_CACHE_MODE", "JITKERNELS_LOG_LEVEL")
+OTHERS = ("JITKERNELS_CACHE", "JITKERNELS_CUTLASS_DIR", "JITKERNELS_TRUSTED", "JITKERNELS_CUDA_INDEX",
+          "JITKERNELS_CUTLASS_URL", "JITKERNELS_REMOTE_CACHE", "JITKERNELS_HF_ORG", "JITKERNELS_COLD_START",
+          "JITKERNELS_FALLBACK", "JITKERNELS_COMPILER_CACHE", "JITKERNELS_REMOTE_CACHE_MODE", "JITKERNELS_LOG_LEVEL")
 #: Read by the test suite and the benchmarks (a kernels-community checkout), not by the package.
 FOR_TESTS = ("JITKERNELS_KC",)
 KNOWN = SWITCHES + NUMBERS + FILES + OTHERS + FOR_TESTS
@@ -55,7 +58,8 @@ def _problem(name: str, value: str) -> str | None:
     """What is wrong with ``name=value``, or None."""
     if name in SWITCHES:
         if config.switch(name) is None and value.strip():
-            return f"not understood as yes or no (1/true/yes/on or 0/false/no/off): {UNCLEAR_SWITCH.get(name, 'read as no')}"
+            meaning = UNCLEAR_SWITCH.get(name, "read as no")
+            return f"not understood as yes or no (1/true/yes/on or 0/false/no/off): {meaning}"
         return None
     if name == "JITKERNELS_PROGRESS_INTERVAL":  # read as max(0.1, value), not as the other numbers
         try:
@@ -118,7 +122,8 @@ def _problem(name: str, value: str) -> str | None:
 
         return _choice(value, (BACKGROUND, *_OFF_WORDS), "cold builds block", "'background' or 'block'")
     if name == "JITKERNELS_FALLBACK":
-        return _choice(value, ("upstream", "", "none", "off", "0", "false", "no"), "no fallback", "'upstream' or unset it")
+        return _choice(value, ("upstream", "", "none", "off", "0", "false", "no"), "no fallback",
+                       "'upstream' or unset it")
     if name == "JITKERNELS_COMPILER_CACHE":
         from ..build.native.compiler_cache import MODES
 
