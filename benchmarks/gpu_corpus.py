@@ -370,6 +370,14 @@ def build(name: str, env: dict, cache: Path, logs: Path, seconds: float, record:
     built["runs"].append(run)
 
 
+def pytest_outcome(out: str) -> tuple[dict, str]:
+    """From a ``pytest -v`` log: {passed, failed, skipped, error: count} and pytest's summary line."""
+    counts = {k.lower(): len(re.findall(rf"(?:::\S+| ){k}\b", out)) for k in ("PASSED", "FAILED", "SKIPPED", "ERROR")}
+    summary = next((line.strip("= ") for line in reversed(out.splitlines())
+                    if re.match(r"^=+ .*(passed|failed|error|skipped|no tests ran).* =+$", line)), "")
+    return counts, summary
+
+
 def run_suite(kc: Path, name: str, env: dict, work: Path, seconds: float, record: dict, via_cli: bool = False) -> None:
     if via_cli and name not in SCRIPT_SUITES and not ALIASES.get(name):
         run_jitkernels_test(kc, name, env, work, seconds, record)
@@ -412,9 +420,7 @@ def run_suite(kc: Path, name: str, env: dict, work: Path, seconds: float, record
            "--continue-on-collection-errors", *selection]
     rc, wall = run_boxed(cmd, env, target, seconds, log)
     out = log.read_text(errors="replace")
-    counts = {k.lower(): len(re.findall(rf"(?:::\S+| ){k}\b", out)) for k in ("PASSED", "FAILED", "SKIPPED", "ERROR")}
-    summary = next((line.strip("= ") for line in reversed(out.splitlines())
-                    if re.match(r"^=+ .*(passed|failed|error|skipped|no tests ran).* =+$", line)), "")
+    counts, summary = pytest_outcome(out)
     tests = {"rc": rc, "seconds": round(wall, 1), "routes": routes, "selection": selection, "summary": summary,
              "passed": counts["passed"], "failed": counts["failed"], "skipped": counts["skipped"],
              "errors": counts["error"], "timed_out": rc is None}
@@ -437,9 +443,7 @@ def run_jitkernels_test(kc: Path, name: str, env: dict, work: Path, seconds: flo
            "--", "-v", *selection]  # its pytest cache goes to the JitKernels cache
     rc, wall = run_boxed(cmd, env, work, seconds, log)
     out = log.read_text(errors="replace")
-    counts = {k.lower(): len(re.findall(rf"(?:::\S+| ){k}\b", out)) for k in ("PASSED", "FAILED", "SKIPPED", "ERROR")}
-    summary = next((line.strip("= ") for line in reversed(out.splitlines())
-                    if re.match(r"^=+ .*(passed|failed|error|skipped|no tests ran).* =+$", line)), "")
+    counts, summary = pytest_outcome(out)
     cut = re.search(r"cut by the \S+ time box after (\d+) tests", out)
     tests = {"rc": rc, "seconds": round(wall, 1), "routes": ["jitkernels test"], "selection": selection or ["tests"],
              "summary": summary + (f"; cut by the time box after {cut.group(1)} tests" if cut else ""),
