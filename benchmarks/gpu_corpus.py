@@ -17,7 +17,9 @@ One command, repeated in back-to-back runs of the GPU machine, works through the
    deadline). A build cut short is resumed by the next run: the cache (``<state>/cache``) keeps the
    build workspace, so ninja recompiles nothing it finished; the table counts the runs and adds their
    seconds. Small kernels (``--parallel``, at most 4 CUDA units each) build several at a time.
-4. Then its own ``tests/`` (``--test-cap`` box): ``kernels.get_kernel`` under ``JITKERNELS_AUTOPATCH=1``
+4. As soon as a kernel is built, its own ``tests/`` run (``--test-cap`` box; ``--testers`` suites at once on the
+   one GPU) beside the builds that follow: the GPU idles while kernels compile (build seconds are then
+   measured on a busier machine). The suite: ``kernels.get_kernel`` under ``JITKERNELS_AUTOPATCH=1``
    (the ``kernels`` package must be importable: ``--site``), and for suites that ``import <package>``,
    a one-line conftest binding the name to ``jitkernels.load``. Names a suite loads that are not the
    kernel's own (flash-mla's ``drbh/tmp-kernel-123``, a scratch repository) are mapped to the kernel's
@@ -50,6 +52,7 @@ import functools
 import http.server
 import json
 import os
+import queue as queue_module
 import re
 import shutil
 import signal
@@ -105,7 +108,12 @@ class State:
 
     def save(self, causes: dict) -> None:
         with self.lock:
-            text = json.dumps(self.data, indent=1, sort_keys=True)
+            for _ in range(20):  # a builder thread may be adding to a record while the tester saves
+                try:
+                    text = json.dumps(self.data, indent=1, sort_keys=True)
+                    break
+                except RuntimeError:
+                    time.sleep(0.05)
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(text)
             os.replace(tmp, self.path)
@@ -147,7 +155,7 @@ def render(data: dict, causes: dict) -> str:
                      f"{run.get('steps', 0)} steps; `{run.get('command', '')}`")
     lines += ["", "| kernel | strategy | CUDA units | build (seconds, runs) | test route | passed | failed | skipped "
               "| errors | suite | failure cause (evidence) |", "|" + "---|" * 11]
-    counts = {"green": 0, "failing": 0, "pending": 0}
+    counts = {"green": 0, "failing": 0, "pending": 0, "no tests/": 0}
     for name, record in sorted(data.get("kernels", {}).items(),
                                key=lambda item: (item[1].get("order", 999), item[0])):
         if record.get("strategy") not in ("native-jit", "python"):
@@ -164,10 +172,12 @@ def render(data: dict, causes: dict) -> str:
             suite += f"; {tests['aliases']}"
         if tests.get("adapted"):
             suite += f"; suite copy adapted: {tests['adapted']}"
-        if tests.get("rc") == 0 and not tests.get("failed") and not tests.get("errors"):
+        if record.get("no_tests"):
+            counts["no tests/"] += 1
+        elif tests.get("rc") == 0 and not tests.get("failed") and not tests.get("errors"):
             counts["green"] += 1
-        elif tests or (record.get("build") or {}).get("runs"):
-            counts["failing" if tests else "pending"] += 1
+        elif tests or (record.get("build") or {}).get("ok") is False:  # a failed load or a cut build counts here
+            counts["failing"] += 1
         else:
             counts["pending"] += 1
         lines.append("| " + " | ".join(cell(x) for x in (
@@ -175,7 +185,7 @@ def render(data: dict, causes: dict) -> str:
             ", ".join(tests.get("routes", [])) or "-", tests.get("passed", "-"), tests.get("failed", "-"),
             tests.get("skipped", "-"), tests.get("errors", "-"), suite, cause)) + " |")
     lines += ["", f"suites green: {counts['green']}; with failures or time-boxed: {counts['failing']}; "
-              f"not run yet: {counts['pending']}"]
+              f"not run yet: {counts['pending']}; kernels without a tests/ folder: {counts['no tests/']}"]
     others = [(n, r) for n, r in sorted(data.get("kernels", {}).items())
               if r.get("strategy") not in ("native-jit", "python", None)]
     if others:
@@ -545,6 +555,7 @@ def main() -> int:
     parser.add_argument("--build-cap", type=float, default=480, help="seconds one build may take in one run")
     parser.add_argument("--test-cap", type=float, default=150, help="seconds one suite may take")
     parser.add_argument("--parallel", type=int, default=4, help="small kernels (<= 4 CUDA units) built at once")
+    parser.add_argument("--testers", type=int, default=1, help="suites run at once (on the one GPU)")
     parser.add_argument("--retest", action="store_true", help="run suites again that already ran")
     parser.add_argument("--causes", default=None, help="JSON {kernel: 'cause: evidence'} (verdicts after reading)")
     parser.add_argument("--no-tests", action="store_true", help="build only")
@@ -591,9 +602,12 @@ def main() -> int:
     dg = cache / "entries" / "cutlass-4.0.0" / "include"
     env.setdefault("DG_CUTLASS_INCLUDE", str(dg))  # deep-gemm JIT-compiles at run time with CUTLASS headers
 
+    step_lock = threading.Lock()
+
     def step_done() -> None:
-        run["seconds"] = round(elapsed(), 1)
-        run["steps"] += 1
+        with step_lock:
+            run["seconds"] = round(elapsed(), 1)
+            run["steps"] += 1
         state.save(causes)
 
     def left() -> float:
@@ -604,33 +618,48 @@ def main() -> int:
         return not built.get("ok") and not (built.get("runs") and built["runs"][-1].get("rc") is not None)
 
     pending = [n for n in queue if needs_build(n)]
-    while pending and left() > 30:
-        small = [n for n in pending if state.kernel(n)["cuda_units"] <= 4][:max(1, args.parallel)]
-        group = small if small and pending[0] in small else [pending[0]]
-        cap = min(args.build_cap, left() - 15)
-        threads = [threading.Thread(target=build, args=(n, env, cache, logs, cap, state.kernel(n))) for n in group]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        for n in group:
-            pending.remove(n)
-        step_done()
-        for n in group:  # its suite right after its build, while the deadline allows
-            if args.no_tests or left() < 40:
-                continue
+    ready: queue_module.Queue = queue_module.Queue()  # kernels whose suite can run, in build order
+    for n in queue:  # built in an earlier run
+        if (state.kernel(n).get("build") or {}).get("ok"):
+            ready.put(n)
+
+    def builder() -> None:
+        while pending and left() > 30:
+            small = [n for n in pending if state.kernel(n)["cuda_units"] <= 4][:max(1, args.parallel)]
+            group = small if small and pending[0] in small else [pending[0]]
+            cap = min(args.build_cap, left() - 15)
+            threads = [threading.Thread(target=build, args=(n, env, cache, logs, cap, state.kernel(n))) for n in group]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            for n in group:
+                pending.remove(n)
+                if (state.kernel(n).get("build") or {}).get("ok"):
+                    ready.put(n)
+            step_done()
+        for _ in range(args.testers):
+            ready.put(None)
+
+    def tester() -> None:
+        # The GPU idles while kernels compile: each suite runs as soon as its kernel is built, beside the next
+        # builds (their seconds are then measured on a busier machine; the table says so).
+        while True:
+            n = ready.get()
+            if n is None:
+                return
             record = state.kernel(n)
-            if (record.get("build") or {}).get("ok") and not record.get("no_tests") and (
-                    args.retest or "tests" not in record):
+            if args.no_tests or left() < 40 or record.get("no_tests"):
+                continue
+            if args.retest or "tests" not in record:
                 run_suite(kc, n, env, logs, min(args.test_cap, left() - 10), record, args.via_jitkernels_test)
                 step_done()
-    for n in queue:  # built in an earlier run, suite not run yet
-        record = state.kernel(n)
-        if args.no_tests or left() < 40 or record.get("no_tests") or not (record.get("build") or {}).get("ok"):
-            continue
-        if args.retest or "tests" not in record:
-            run_suite(kc, n, env, logs, min(args.test_cap, left() - 10), record, args.via_jitkernels_test)
-            step_done()
+
+    workers = [threading.Thread(target=builder)] + [threading.Thread(target=tester) for _ in range(args.testers)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
     run["seconds"] = round(elapsed(), 1)
     state.save(causes)
     subprocess.run(["tar", "-czf", str(out / "logs.tar.gz"), "-C", str(state_dir), "logs", "-C", str(cache), "logs"],
