@@ -145,6 +145,35 @@ def test_a_file_or_test_named_on_the_command_line_is_all_that_runs(tmp_path):
     assert re.search(r"^1 failed, 3 passed in", out.stdout, re.M), out.stdout + out.stderr
 
 
+def _as_paged_attention_lays_out_its_tests(folder: Path) -> None:
+    """kernels-community paged-attention: ``tests/kernels/{__init__,conftest,utils,test_*}.py``, relative imports,
+    no ``tests/__init__.py``; pytest then imports the folder as the top-level package ``kernels``."""
+    tests = folder / "tests"
+    (tests / "__init__.py").unlink()
+    (tests / "kernels").mkdir()
+    (tests / "kernels" / "__init__.py").write_text("")
+    (tests / "kernels" / "conftest.py").write_text(
+        "import pytest\nimport torch\n\n\n@pytest.fixture\ndef seeded():\n    torch.manual_seed(0)\n")
+    (tests / "kernels" / "utils.py").write_text("HEADS = 4\n")
+    test = (tests / "test_attn_interface.py").read_text()
+    test = test.replace("def test_matches_sdpa_with_grouped_query_heads():",
+                        "def test_matches_sdpa_with_grouped_query_heads(seeded):\n    assert HEADS == 4")
+    (tests / "kernels" / "test_attention.py").write_text("from .utils import HEADS\n" + test)
+    (tests / "test_attn_interface.py").unlink()
+
+
+@pytest.mark.parametrize("autopatch", ["0", "1"])
+def test_a_suite_whose_tests_folder_is_named_kernels_runs_as_in_its_own_ci(tmp_path, autopatch):
+    """paged-attention's suite failed to collect (``No module named 'kernels.conftest'``): upstream ``kernels``,
+    imported to be patched, took the name its ``tests/kernels/`` package gets."""
+    pytest.importorskip("kernels")
+    folder = _copy(tmp_path, ATTN)
+    _as_paged_attention_lays_out_its_tests(folder)
+    out = _jk_test(str(folder), "-q", JITKERNELS_AUTOPATCH=autopatch)
+    assert out.returncode == 0 and re.search(r"^3 passed in", out.stdout, re.M), out.stdout + out.stderr
+    assert "tests/kernels/ package is imported as `kernels`" in out.stderr
+
+
 def test_time_box_and_json(tmp_path):
     folder = _copy(tmp_path, ATTN)
     out = _jk_test(str(folder), "--time-box", "0.001", "--json", "--", "-p", "no:randomly")

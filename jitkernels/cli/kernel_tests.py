@@ -12,7 +12,9 @@ process, before pytest collects anything:
    ``from flash_attn2.flash_attn_interface import ...`` is the loaded module,
    never a second execution of its files);
 3. upstream ``kernels`` (if installed) is patched, so suites written as
-   ``kernels.get_kernel("kernels-community/relu", version=1)`` get the same module.
+   ``kernels.get_kernel("kernels-community/relu", version=1)`` get the same module;
+   unless the suite's own ``tests/kernels/`` package takes that name (paged-attention):
+   then, as in the kernel's own CI, ``import kernels`` is that folder.
 
 Then pytest runs the folder's ``tests/`` with the remaining arguments (``-k``,
 ``-x``, a file...). ``--time-box SECONDS`` stops starting new tests once that
@@ -82,6 +84,14 @@ def find_suite(name: str) -> Suite:
     return Suite(folder, repo_id, tests)
 
 
+def _top_level_packages(tests: Path) -> set[str]:
+    """The names pytest's default import mode gives the suite's packages: with no ``tests/__init__.py``, a
+    folder ``tests/<x>/`` holding an ``__init__.py`` is the top-level package ``<x>``."""
+    if (tests / "__init__.py").exists():
+        return {tests.name}
+    return {p.parent.name for p in tests.glob("*/__init__.py")}
+
+
 def _names_tests(arg: str, folder: Path) -> bool:
     """Whether a pytest argument picks tests by path (``tests/test_x.py``, ``tests/test_x.py::test_y``, ``tests/``):
     then it replaces the whole ``tests/`` folder. A bare word (an option's value, ``-k tests``) does not."""
@@ -144,14 +154,24 @@ def run(name: str, pytest_args: list[str], *, backend: str | None = None, time_b
     say(f"jitkernels test: {suite.repo_id} from {suite.folder} is {module.__name__} "
         f"(ready in {time.monotonic() - start:.1f}s), importable as {package}")
     patched = False
-    try:
-        import kernels  # noqa: F401  (patch it now, so a suite's `import kernels` finds it patched)
+    hidden: dict = {}
+    if "kernels" in _top_level_packages(suite.tests):
+        # paged-attention's tests/kernels/ is imported as `kernels` (pytest's default import mode, tests/ not a
+        # package): in the kernel's own CI nothing imported upstream `kernels` first, so the suite's folder wins.
+        hidden = {n: m for n, m in sys.modules.items() if n == "kernels" or n.startswith("kernels.")}
+        for n in hidden:
+            del sys.modules[n]
+        say(f"jitkernels test: the suite's {suite.tests.name}/kernels/ package is imported as `kernels`, as in the "
+            f"kernel's own CI, so upstream kernels is not patched for this run")
+    else:
+        try:
+            import kernels  # noqa: F401  (patch it now, so a suite's `import kernels` finds it patched)
 
-        jitkernels.patch()
-        patched = True
-        say(f"jitkernels test: kernels.get_kernel({suite.repo_id!r}, ...) gives the same module (patched)")
-    except ImportError:
-        say("jitkernels test: upstream kernels is not installed; suites that use kernels.get_kernel cannot run")
+            jitkernels.patch()
+            patched = True
+            say(f"jitkernels test: kernels.get_kernel({suite.repo_id!r}, ...) gives the same module (patched)")
+        except ImportError:
+            say("jitkernels test: upstream kernels is not installed; suites that use kernels.get_kernel cannot run")
     box = TimeBox(time_box)
     cache = config.cache_dir() / "pytest" / package
     chosen = [a for a in pytest_args if _names_tests(a, suite.folder)]
@@ -165,6 +185,10 @@ def run(name: str, pytest_args: list[str], *, backend: str | None = None, time_b
         os.chdir(cwd)
         if patched:
             jitkernels.unpatch()
+        if hidden:
+            for n in [n for n in sys.modules if n == "kernels" or n.startswith("kernels.")]:
+                del sys.modules[n]  # the suite's folder, imported under that name
+            sys.modules.update(hidden)
     summary = {"kernel": suite.repo_id, "folder": str(suite.folder), "module": module.__name__,
                "package": package, "exit_code": code, "outcomes": box.outcomes,
                "time_box": time_box, "cut_after": box.cut_after}
