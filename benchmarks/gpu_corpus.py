@@ -624,6 +624,13 @@ def main() -> int:
             ready.put(n)
 
     def builder() -> None:
+        try:
+            build_all()
+        finally:  # every tester gets its end mark, whatever happened here
+            for _ in range(args.testers):
+                ready.put(None)
+
+    def build_all() -> None:
         while pending and left() > 30:
             small = [n for n in pending if state.kernel(n)["cuda_units"] <= 4][:max(1, args.parallel)]
             group = small if small and pending[0] in small else [pending[0]]
@@ -638,8 +645,6 @@ def main() -> int:
                 if (state.kernel(n).get("build") or {}).get("ok"):
                     ready.put(n)
             step_done()
-        for _ in range(args.testers):
-            ready.put(None)
 
     def tester() -> None:
         # The GPU idles while kernels compile: each suite runs as soon as its kernel is built, beside the next

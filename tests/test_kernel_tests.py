@@ -21,7 +21,7 @@ import pytest
 import jitkernels
 from jitkernels.errors import InvalidKernelNameError
 
-from conftest import FIXTURES, child_env
+from conftest import FIXTURES, child_env, run_python
 
 ATTN = FIXTURES / "attn-interface"
 KC = os.environ.get("JITKERNELS_KC")
@@ -172,6 +172,25 @@ def test_a_suite_whose_tests_folder_is_named_kernels_runs_as_in_its_own_ci(tmp_p
     out = _jk_test(str(folder), "-q", JITKERNELS_AUTOPATCH=autopatch)
     assert out.returncode == 0 and re.search(r"^3 passed in", out.stdout, re.M), out.stdout + out.stderr
     assert "tests/kernels/ package is imported as `kernels`" in out.stderr
+
+
+def test_after_such_a_suite_kernels_is_upstreams_again_in_the_same_process(tmp_path):
+    pytest.importorskip("kernels")
+    folder = _copy(tmp_path, ATTN)
+    _as_paged_attention_lays_out_its_tests(folder)
+    out = run_python("""
+        import sys
+        from jitkernels.cli import kernel_tests
+        for imported_before in (False, True):
+            if imported_before:
+                import kernels
+            code, _ = kernel_tests.run(sys.argv[1], ["-q"], say=lambda line: None)
+            import kernels
+            print(code, hasattr(kernels, "get_kernel"), "kernels.conftest" in sys.modules)
+            del sys.modules["kernels"]
+    """, str(folder))
+    results = [line for line in out.stdout.splitlines() if re.match(r"^\d+ (True|False) (True|False)$", line)]
+    assert results == ["0 True False", "0 True False"], out.stdout + out.stderr
 
 
 def test_time_box_and_json(tmp_path):

@@ -155,7 +155,8 @@ def run(name: str, pytest_args: list[str], *, backend: str | None = None, time_b
         f"(ready in {time.monotonic() - start:.1f}s), importable as {package}")
     patched = False
     hidden: dict = {}
-    if "kernels" in _top_level_packages(suite.tests):
+    shadowed = "kernels" in _top_level_packages(suite.tests)
+    if shadowed:
         # paged-attention's tests/kernels/ is imported as `kernels` (pytest's default import mode, tests/ not a
         # package): in the kernel's own CI nothing imported upstream `kernels` first, so the suite's folder wins.
         hidden = {n: m for n, m in sys.modules.items() if n == "kernels" or n.startswith("kernels.")}
@@ -177,15 +178,16 @@ def run(name: str, pytest_args: list[str], *, backend: str | None = None, time_b
     chosen = [a for a in pytest_args if _names_tests(a, suite.folder)]
     args = [*([] if chosen else [str(suite.tests)]), "--rootdir", str(suite.folder), "-o", f"cache_dir={cache}",
             "-W", "ignore::pytest.PytestAssertRewriteWarning", *pytest_args]  # plugins imported before pytest
-    cwd = os.getcwd()
+    cwd, path = os.getcwd(), list(sys.path)
     os.chdir(suite.folder)  # conftest plugins such as `tests.fixtures.fixtures` import from the kernel folder
     try:
         code = int(pytest.main(args, plugins=[box]))
     finally:
         os.chdir(cwd)
+        sys.path[:] = path  # pytest put the suite's folders first
         if patched:
             jitkernels.unpatch()
-        if hidden:
+        if shadowed:
             for n in [n for n in sys.modules if n == "kernels" or n.startswith("kernels.")]:
                 del sys.modules[n]  # the suite's folder, imported under that name
             sys.modules.update(hidden)
