@@ -3,19 +3,20 @@ the same units with the same flags, side by side on one machine (issue 17).
 
 The flash-attn3 family has 183-404 CUDA units; a full build does not fit one 10-minute run of the GPU machine.
 This takes a sample of one section's units (every k-th ``.cu`` of ``--section``, so forward and backward
-kernels and the head dimensions are mixed as in the whole list), plus the kernel's torch binding, and builds
-it twice at the same time:
+kernels and the head dimensions are mixed as in the whole list) and builds it twice at the same time:
 
-* **JitKernels**: a copy of the kernel's source tree whose ``build.toml`` keeps only the sample, loaded with
-  ``jitkernels.load`` through ``LOCAL_KERNELS`` (backend ``cuda``, the local GPU's arch), ``MAX_JOBS=--jobs``;
-* **bare**: ``cpp_extension.load`` of the same files with the section's ``cuda-flags``, the same include folders
-  and arch (``TORCH_CUDA_ARCH_LIST``), and the flags kernel-builder adds to torch's (the ``-U`` of the half
-  defines, ``--expt-extended-lambda``, ``-DENABLE_FP8``, the backend defines), ``MAX_JOBS=--jobs``.
+* **JitKernels**: a copy of the kernel's source tree whose ``build.toml`` keeps ``[general]``, ``[torch]`` and
+  ``--section`` with only the sample, loaded with ``jitkernels.load`` through ``LOCAL_KERNELS`` (backend
+  ``cuda``, the local GPU's arch), ``MAX_JOBS=--jobs``. It also compiles the kernel's torch binding (which
+  includes kernel-builder's ``registration.h``, written by JitKernels); the load fails after linking, as the
+  sample lacks most of what the binding calls. Expected, and not counted.
+* **bare**: ``cpp_extension.load`` of the sample's files with the section's ``cuda-flags``, the same include
+  folders and arch (``TORCH_CUDA_ARCH_LIST``), and the flags kernel-builder adds to torch's (the ``-U`` of the
+  half defines, ``--expt-extended-lambda``, ``-DENABLE_FP8``, the backend defines), ``MAX_JOBS=--jobs``.
 
-Both load steps fail after linking (the sample lacks most of the instantiations the binding calls); that is
-expected and not counted. Each unit's compile seconds come from the side's ``.ninja_log`` (ninja records an
-edge when it ends). The ratio is over the units both sides finished: sum of JitKernels' seconds / sum of the
-bare ones. With ``2 * --jobs`` equal to the cores, the machine is as loaded as by one full build on all cores
+Each unit's compile seconds come from the side's ``.ninja_log`` (ninja records an edge when it ends), found by the
+object name each side gives the unit. The ratio is over the units both sides finished: sum of JitKernels' seconds
+/ sum of the bare ones. With ``2 * --jobs`` equal to the cores, the machine is as loaded as by one full build on all cores
 until the first units end, so ``cores * 60 / mean unit seconds`` estimates a full build's rate (the last units run
 on a less busy machine, so it errs high), from which the table projects each giant.
 
@@ -62,7 +63,17 @@ cpp_extension.load(name="bare_sample", sources=a["sources"], extra_cflags=a["cfl
 def sample_units(config: dict, section: str, count: int) -> list[str]:
     units = [s for s in config["kernel"][section]["src"] if s.endswith(".cu")]
     stride = max(1, len(units) // count)
-    return units[::stride][:count]
+    sample = units[::stride][:count]
+    stems = [Path(u).stem for u in sample]
+    if len(set(stems)) < len(stems):  # cpp_extension names objects by file name alone
+        raise SystemExit(f"the sample has two units of the same file name: {sample}")
+    return sample
+
+
+def object_names(unit: str) -> dict[str, str]:
+    """The object file each side writes for ``unit``: JitKernels' ``<path with / as __>.o`` (builder.py),
+    cpp_extension's ``<file stem>.cuda.o``."""
+    return {"jitkernels": unit.replace("/", "__") + ".o", "bare": Path(unit).stem + ".cuda.o"}
 
 
 def trimmed_tree(src: Path, dest: Path, section: str, sample: list[str]) -> None:
@@ -75,20 +86,22 @@ def trimmed_tree(src: Path, dest: Path, section: str, sample: list[str]) -> None
     kernel["src"] = [s for s in kernel["src"] if not s.endswith(".cu")] + sample
     lines = [(dest / "build.toml").read_text().split("[kernel.", 1)[0].rstrip(), "", f"[kernel.{section}]"]
     for key, value in kernel.items():
-        lines.append(f"{key} = {json.dumps(value)}")
+        if isinstance(value, dict):
+            raise SystemExit(f"[kernel.{section}] {key} is a table; this rewrite writes strings, numbers and lists")
+        lines.append(f"{key} = {json.dumps(value)}")  # a JSON string, number, bool or list is TOML too
     (dest / "build.toml").write_text("\n".join(lines) + "\n")
 
 
 def ninja_seconds(log: Path) -> dict[str, float]:
-    """``{object stem: seconds}`` from a ``.ninja_log`` (``start_ms end_ms mtime target hash`` per line)."""
+    """``{object file name: seconds}`` from a ``.ninja_log`` (``start_ms end_ms mtime target hash`` per line; a
+    target built again, after a restart, keeps its last line)."""
     found: dict[str, float] = {}
     if not log.exists():
         return found
     for line in log.read_text(errors="replace").splitlines():
         parts = line.split("\t")
         if len(parts) >= 4 and parts[0].isdigit():
-            stem = Path(parts[3]).name.split(".")[0].split("__")[-1]  # JitKernels: <folder>__<file>.cu.o
-            found[stem] = (int(parts[1]) - int(parts[0])) / 1000
+            found[Path(parts[3]).name] = (int(parts[1]) - int(parts[0])) / 1000
     return found
 
 
@@ -143,7 +156,7 @@ def main() -> int:
     bare_env = dict(base, TORCH_CUDA_ARCH_LIST=arch)
     (work / "bare").mkdir()
     bare_args = {
-        "sources": [str(source / s) for s in sample + config["torch"]["src"]],
+        "sources": [str(source / s) for s in sample],
         "cflags": ["-O3", "-DNDEBUG"],
         "cuda": section.get("cuda-flags", []) + KERNEL_BUILDER_NVCC,
         "includes": [str(source / i) for i in section.get("include", [])]
@@ -167,10 +180,11 @@ def main() -> int:
     jk_logs = list((work / "jk-cache").rglob(".ninja_log"))
     seconds = {"jitkernels": ninja_seconds(jk_logs[0]) if jk_logs else {},
                "bare": ninja_seconds(work / "bare" / ".ninja_log")}
-    stems = [Path(s).name.split(".")[0] for s in sample]
+    stems = [Path(s).stem for s in sample]
     rows, both_jk, both_bare = [], 0.0, 0.0
-    for stem in stems:
-        jk, bare = seconds["jitkernels"].get(stem), seconds["bare"].get(stem)
+    for unit, stem in zip(sample, stems):
+        names = object_names(unit)
+        jk, bare = seconds["jitkernels"].get(names["jitkernels"]), seconds["bare"].get(names["bare"])
         rows.append((stem, jk, bare))
         if jk is not None and bare is not None:
             both_jk += jk
@@ -181,12 +195,12 @@ def main() -> int:
     result = {
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU", "arch": arch, "torch": torch.__version__, "cores": cores,
         "jobs_per_side": args.jobs, "kernel": name, "section": args.section, "sample": sample,
-        "cutlass": cutlass.name, "seconds": {k: {s: seconds[k].get(s) for s in stems} for k in seconds},
+        "cutlass": cutlass.name, "seconds": {"jitkernels": {stem: jk for stem, jk, _ in rows},
+                                             "bare": {stem: bare for stem, _, bare in rows}},
         "ended": ended, "units_on_both": len(finished),
         "ratio_jitkernels_over_bare": round(both_jk / both_bare, 3) if finished else None,
         "mean_unit_seconds_jitkernels": round(mean, 1) if mean else None,
         "units_per_minute_full_load": round(cores * 60 / mean, 2) if mean else None,
-        "binding_seconds": {k: seconds[k].get(Path(config["torch"]["src"][0]).name.split(".")[0]) for k in seconds},
         "command": " ".join(sys.argv[1:]),
     }
     projections = json.loads(args.project) if args.project else {}

@@ -60,6 +60,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 START = time.monotonic()
@@ -114,6 +115,8 @@ class State:
                     break
                 except RuntimeError:
                     time.sleep(0.05)
+            else:
+                text = json.dumps(self.data, indent=1, sort_keys=True)  # still changing: its error, not ours
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(text)
             os.replace(tmp, self.path)
@@ -155,7 +158,7 @@ def render(data: dict, causes: dict) -> str:
                      f"{run.get('steps', 0)} steps; `{run.get('command', '')}`")
     lines += ["", "| kernel | strategy | CUDA units | build (seconds, runs) | test route | passed | failed | skipped "
               "| errors | suite | failure cause (evidence) |", "|" + "---|" * 11]
-    counts = {"green": 0, "failing": 0, "pending": 0, "no tests/": 0}
+    counts = {"green": 0, "boxed": 0, "failing": 0, "pending": 0, "no tests/": 0}
     for name, record in sorted(data.get("kernels", {}).items(),
                                key=lambda item: (item[1].get("order", 999), item[0])):
         if record.get("strategy") not in ("native-jit", "python"):
@@ -176,6 +179,7 @@ def render(data: dict, causes: dict) -> str:
             counts["no tests/"] += 1
         elif tests.get("rc") == 0 and not tests.get("failed") and not tests.get("errors"):
             counts["green"] += 1
+            counts["boxed"] += bool(tests.get("timed_out"))
         elif tests or (record.get("build") or {}).get("ok") is False:  # a failed load or a cut build counts here
             counts["failing"] += 1
         else:
@@ -184,8 +188,9 @@ def render(data: dict, causes: dict) -> str:
             name, record.get("strategy"), record.get("cuda_units", "-"), build_cell(record),
             ", ".join(tests.get("routes", [])) or "-", tests.get("passed", "-"), tests.get("failed", "-"),
             tests.get("skipped", "-"), tests.get("errors", "-"), suite, cause)) + " |")
-    lines += ["", f"suites green: {counts['green']}; with failures or time-boxed: {counts['failing']}; "
-              f"not run yet: {counts['pending']}; kernels without a tests/ folder: {counts['no tests/']}"]
+    lines += ["", f"suites green: {counts['green']} ({counts['boxed']} of them cut by their time box, nothing failed); "
+              f"with a failure, a failed load or a cut build: {counts['failing']}; not run yet: {counts['pending']}; "
+              f"kernels without a tests/ folder: {counts['no tests/']}"]
     others = [(n, r) for n, r in sorted(data.get("kernels", {}).items())
               if r.get("strategy") not in ("native-jit", "python", None)]
     if others:
@@ -623,9 +628,13 @@ def main() -> int:
         if (state.kernel(n).get("build") or {}).get("ok"):
             ready.put(n)
 
+    crashes: list[str] = []  # a worker's own exception (not a kernel's failure): the run ends with exit code 1
+
     def builder() -> None:
         try:
             build_all()
+        except Exception:
+            crashes.append("builder: " + traceback.format_exc())
         finally:  # every tester gets its end mark, whatever happened here
             for _ in range(args.testers):
                 ready.put(None)
@@ -657,7 +666,12 @@ def main() -> int:
             if args.no_tests or left() < 40 or record.get("no_tests"):
                 continue
             if args.retest or "tests" not in record:
-                run_suite(kc, n, env, logs, min(args.test_cap, left() - 10), record, args.via_jitkernels_test)
+                try:
+                    run_suite(kc, n, env, logs, min(args.test_cap, left() - 10), record, args.via_jitkernels_test)
+                except Exception as exc:  # the runner's failure: recorded, and the next suites still run
+                    crashes.append(f"tester, {n}: " + traceback.format_exc())
+                    record["tests"] = {"rc": None, "errors": 1, "summary": f"the runner failed: {exc!r}",
+                                       "cause": "benchmark runner", "evidence": repr(exc)}
                 step_done()
 
     workers = [threading.Thread(target=builder)] + [threading.Thread(target=tester) for _ in range(args.testers)]
@@ -670,7 +684,9 @@ def main() -> int:
     subprocess.run(["tar", "-czf", str(out / "logs.tar.gz"), "-C", str(state_dir), "logs", "-C", str(cache), "logs"],
                    capture_output=True)
     print((out / "gpu-corpus.md").read_text())
-    return 0
+    for crash in crashes:
+        print(crash, file=sys.stderr)
+    return 1 if crashes else 0
 
 
 if __name__ == "__main__":

@@ -193,6 +193,40 @@ def test_after_such_a_suite_kernels_is_upstreams_again_in_the_same_process(tmp_p
     assert results == ["0 True False", "0 True False"], out.stdout + out.stderr
 
 
+def test_a_patch_made_before_kernels_was_imported_survives_such_a_suite(tmp_path):
+    """The suite's ``kernels`` package used up the one-shot post-import hook: upstream's, imported after the run,
+    stayed unpatched. The run also left its own LOCAL_KERNELS entry behind."""
+    pytest.importorskip("kernels")
+    folder = _copy(tmp_path, ATTN)
+    _as_paged_attention_lays_out_its_tests(folder)
+    out = run_python("""
+        import os, sys
+        import jitkernels
+        from jitkernels.cli import kernel_tests
+        from jitkernels.upstream import patching
+        jitkernels.patch()
+        code, _ = kernel_tests.run(sys.argv[1], ["-q"], say=lambda line: None)
+        import kernels
+        print("RESULT", code, ("kernels", "get_kernel") in patching.patched_bindings(), os.environ.get("LOCAL_KERNELS"))
+    """, str(folder), LOCAL_KERNELS="")
+    assert "RESULT 0 True \n" in out.stdout + "\n", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("layout, names", [
+    ({"kernels/__init__.py"}, {"kernels"}),  # paged-attention
+    ({"unit/kernels/__init__.py", "unit/test_x.py"}, {"kernels"}),  # one folder deeper
+    ({"__init__.py", "kernels/__init__.py"}, {"tests"}),  # tests/ is the package: tests.kernels
+    ({"kernels/test_x.py"}, set()),  # no package: the file is a module of its own name
+])
+def test_the_package_names_pytest_gives_a_suite(tmp_path, layout, names):
+    from jitkernels.cli.kernel_tests import _top_level_packages
+
+    for rel in layout:
+        (tmp_path / "tests" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "tests" / rel).write_text("")
+    assert _top_level_packages(tmp_path / "tests") == names
+
+
 def test_time_box_and_json(tmp_path):
     folder = _copy(tmp_path, ATTN)
     out = _jk_test(str(folder), "--time-box", "0.001", "--json", "--", "-p", "no:randomly")

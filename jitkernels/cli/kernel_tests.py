@@ -85,11 +85,10 @@ def find_suite(name: str) -> Suite:
 
 
 def _top_level_packages(tests: Path) -> set[str]:
-    """The names pytest's default import mode gives the suite's packages: with no ``tests/__init__.py``, a
-    folder ``tests/<x>/`` holding an ``__init__.py`` is the top-level package ``<x>``."""
-    if (tests / "__init__.py").exists():
-        return {tests.name}
-    return {p.parent.name for p in tests.glob("*/__init__.py")}
+    """The top-level package names pytest's default import mode gives the suite's folders: a folder holding an
+    ``__init__.py`` whose parent holds none (``tests/kernels/``, ``tests/unit/kernels/``, or ``tests/`` itself)."""
+    return {init.parent.name for init in [tests / "__init__.py", *tests.rglob("*/__init__.py")]
+            if init.exists() and not (init.parent.parent / "__init__.py").exists()}
 
 
 def _names_tests(arg: str, folder: Path) -> bool:
@@ -145,6 +144,7 @@ def run(name: str, pytest_args: list[str], *, backend: str | None = None, time_b
     suite = find_suite(name)
     spec = config.local_kernels_spec()
     entry = f"{suite.repo_id}={suite.folder}"
+    local_kernels = os.environ.get("LOCAL_KERNELS")  # put back when the run ends (an in-process caller's)
     if entry not in spec.split(":"):
         os.environ["LOCAL_KERNELS"] = entry + (":" + spec if spec else "")
     sys.dont_write_bytecode = True  # leave the source tree as it was
@@ -153,7 +153,7 @@ def run(name: str, pytest_args: list[str], *, backend: str | None = None, time_b
     package = Path(module.__file__).parent.name
     say(f"jitkernels test: {suite.repo_id} from {suite.folder} is {module.__name__} "
         f"(ready in {time.monotonic() - start:.1f}s), importable as {package}")
-    patched = False
+    patch = None
     hidden: dict = {}
     shadowed = "kernels" in _top_level_packages(suite.tests)
     if shadowed:
@@ -168,8 +168,7 @@ def run(name: str, pytest_args: list[str], *, backend: str | None = None, time_b
         try:
             import kernels  # noqa: F401  (patch it now, so a suite's `import kernels` finds it patched)
 
-            jitkernels.patch()
-            patched = True
+            patch = jitkernels.patch()  # undone at the end only if this call patched (not an autopatch)
             say(f"jitkernels test: kernels.get_kernel({suite.repo_id!r}, ...) gives the same module (patched)")
         except ImportError:
             say("jitkernels test: upstream kernels is not installed; suites that use kernels.get_kernel cannot run")
@@ -185,12 +184,19 @@ def run(name: str, pytest_args: list[str], *, backend: str | None = None, time_b
     finally:
         os.chdir(cwd)
         sys.path[:] = path  # pytest put the suite's folders first
-        if patched:
-            jitkernels.unpatch()
+        if patch is not None:
+            patch.__exit__(None, None, None)
         if shadowed:
             for n in [n for n in sys.modules if n == "kernels" or n.startswith("kernels.")]:
                 del sys.modules[n]  # the suite's folder, imported under that name
             sys.modules.update(hidden)
+            from ..upstream import patching
+
+            patching.rearm_import_hook()
+        if local_kernels is None:
+            os.environ.pop("LOCAL_KERNELS", None)
+        else:
+            os.environ["LOCAL_KERNELS"] = local_kernels
     summary = {"kernel": suite.repo_id, "folder": str(suite.folder), "module": module.__name__,
                "package": package, "exit_code": code, "outcomes": box.outcomes,
                "time_box": time_box, "cut_after": box.cut_after}

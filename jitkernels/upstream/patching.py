@@ -141,6 +141,8 @@ class _State:
     provider = "hf_kernels"
     fallback: str | None = None  # patch(fallback=...); None: JITKERNELS_FALLBACK decides
     hook_registered = False
+    #: the one-shot hook was used up by a module named ``kernels`` that is not upstream's (see rearm_import_hook)
+    hook_spent = False
     #: upstream name -> (original function, our wrapper), for the ``kernels`` imported now
     wrappers: dict[str, tuple[object, object]] = {}
     swap = seam.Swap()
@@ -560,8 +562,23 @@ def _restore() -> None:
 
 def _on_kernels_imported(module) -> None:
     with _LOCK:
+        if not hasattr(module, "get_kernel"):  # a kernel's tests/kernels/ package, imported under that name
+            _STATE.hook_spent = True
+            return
         if _STATE.active:
             _apply()
+
+
+def rearm_import_hook() -> None:
+    """Register the post-import hook again if a module named ``kernels`` that is not upstream's used it up and has
+    left ``sys.modules`` (``jitkernels test`` on a suite whose ``tests/kernels/`` takes the name): wrapt calls a hook
+    once, and upstream's ``kernels``, imported later, must still be patched."""
+    with _LOCK:
+        if _STATE.hook_spent and sys.modules.get("kernels") is None:
+            import wrapt
+
+            _STATE.hook_spent = False
+            wrapt.register_post_import_hook(_on_kernels_imported, "kernels")
 
 
 def _kernels_installed() -> bool:
