@@ -224,7 +224,7 @@ def test_the_package_names_pytest_gives_a_suite(tmp_path, layout, names):
     for rel in layout:
         (tmp_path / "tests" / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "tests" / rel).write_text("")
-    assert _top_level_packages(tmp_path / "tests") == names
+    assert set(_top_level_packages(tmp_path / "tests")) == names
 
 
 def test_time_box_and_json(tmp_path):

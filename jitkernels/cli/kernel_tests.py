@@ -84,10 +84,10 @@ def find_suite(name: str) -> Suite:
     return Suite(folder, repo_id, tests)
 
 
-def _top_level_packages(tests: Path) -> set[str]:
-    """The top-level package names pytest's default import mode gives the suite's folders: a folder holding an
-    ``__init__.py`` whose parent holds none (``tests/kernels/``, ``tests/unit/kernels/``, or ``tests/`` itself)."""
-    return {init.parent.name for init in [tests / "__init__.py", *tests.rglob("*/__init__.py")]
+def _top_level_packages(tests: Path) -> dict[str, Path]:
+    """The top-level packages pytest's default import mode makes of the suite's folders, by name: a folder holding
+    an ``__init__.py`` whose parent holds none (``tests/kernels/``, ``tests/unit/kernels/``, or ``tests/`` itself)."""
+    return {init.parent.name: init.parent for init in [tests / "__init__.py", *tests.rglob("*/__init__.py")]
             if init.exists() and not (init.parent.parent / "__init__.py").exists()}
 
 
@@ -155,14 +155,15 @@ def run(name: str, pytest_args: list[str], *, backend: str | None = None, time_b
         f"(ready in {time.monotonic() - start:.1f}s), importable as {package}")
     patch = None
     hidden: dict = {}
-    shadowed = "kernels" in _top_level_packages(suite.tests)
+    shadowing = _top_level_packages(suite.tests).get("kernels")
+    shadowed = shadowing is not None
     if shadowed:
         # paged-attention's tests/kernels/ is imported as `kernels` (pytest's default import mode, tests/ not a
         # package): in the kernel's own CI nothing imported upstream `kernels` first, so the suite's folder wins.
         hidden = {n: m for n, m in sys.modules.items() if n == "kernels" or n.startswith("kernels.")}
         for n in hidden:
             del sys.modules[n]
-        say(f"jitkernels test: the suite's {suite.tests.name}/kernels/ package is imported as `kernels`, as in the "
+        say(f"jitkernels test: the suite's {shadowing.relative_to(suite.folder).as_posix()}/ package is imported as `kernels`, as in the "
             f"kernel's own CI, so upstream kernels is not patched for this run")
     else:
         try:
