@@ -135,8 +135,11 @@ def build_cell(record: dict) -> str:
         seconds = sum(r.get("seconds", 0) for r in runs)
         return f"import {seconds:.0f} s" if build.get("ok") else ("not loaded" if not runs else "failed to load")
     total = sum(r.get("seconds", 0) for r in runs)
-    done = max((r.get("done", 0) for r in runs), default=0)
+    # A resumed ninja counts only what is left ([27/82] after 78 of 160 were done): steps of the whole build
+    # minus those the newest run with a count had still to do.
     steps = max((r.get("total", 0) for r in runs), default=0)
+    counted = [r for r in runs if r.get("total")]
+    done = steps - (counted[-1]["total"] - counted[-1].get("done", 0)) if counted else 0
     each = " + ".join(f"{r.get('seconds', 0):.0f}" for r in runs)
     how = f"{total:.0f} s" + (f" in {len(runs)} runs ({each})" if len(runs) > 1 else "")
     if build.get("ok"):
