@@ -16,29 +16,52 @@ from types import ModuleType
 
 #: package ``__init__.py`` -> the module made from it: one entry is one module, whatever name it was asked by.
 _BY_PACKAGE: dict[str, ModuleType] = {}
+#: package ``__init__.py`` -> the lock its first import holds: threads asking for it by two names wait for one import.
+_PACKAGE_LOCKS: dict[str, threading.RLock] = {}
+_PACKAGE_LOCKS_GUARD = threading.Lock()
+
+
+def _package_lock(init: str) -> threading.RLock:
+    with _PACKAGE_LOCKS_GUARD:
+        return _PACKAGE_LOCKS.setdefault(init, threading.RLock())
 
 
 def _drop(module_name: str) -> None:
-    for name in [n for n in sys.modules if n == module_name or n.startswith(module_name + ".")]:
-        del sys.modules[name]
+    for name in [n for n in list(sys.modules) if n == module_name or n.startswith(module_name + ".")]:
+        sys.modules.pop(name, None)
+
+
+def _being_imported(module) -> bool:
+    """The import system's module for an import of its name in progress, not located yet (the import hook's)."""
+    return getattr(module, "__file__", None) is None and getattr(getattr(module, "__spec__", None), "_initializing", False)
 
 
 def import_package(module_name: str, package_dir: Path, what: str) -> ModuleType:
     """Import ``package_dir`` (a folder with ``__init__.py``) as ``module_name``; reuse it if already imported.
 
     A package already imported from the same entry under another name (another alias of the
-    import hook, or ``jitkernels.load``) is that same module.
+    import hook, or ``jitkernels.load``) is that same module; threads importing one entry at once
+    wait for one another. The module the import system put in ``sys.modules[module_name]`` for an
+    import of that name in progress (``jitkernels.hub``'s) becomes the package: it is never taken out
+    of ``sys.modules`` while that import holds the name's lock (a thread importing a submodule would
+    then import the parent itself, holding the submodule's lock: importlib's ``_DeadlockError``).
     """
+    init = package_dir / "__init__.py"
+    with _package_lock(str(init)):
+        return _import_package(module_name, package_dir, init, what)
+
+
+def _import_package(module_name: str, package_dir: Path, init: Path, what: str) -> ModuleType:
     from .errors import KernelImportError
 
-    init = package_dir / "__init__.py"
     known = _BY_PACKAGE.get(str(init))
     if known is not None and sys.modules.get(known.__name__) is known:
         return known
     existing = sys.modules.get(module_name)
     if existing is not None and getattr(existing, "__file__", None) == str(init):
         return existing
-    if existing is not None and any(package_dir.glob(module_name + ".*so")):
+    placeholder = existing if _being_imported(existing) else None
+    if existing is not None and placeholder is None and any(package_dir.glob(module_name + ".*so")):
         # A native library registers torch.ops.<module_name> once per process; a second
         # build of the same extension cannot be loaded next to the first.
         raise KernelImportError(
@@ -46,13 +69,19 @@ def import_package(module_name: str, package_dir: Path, what: str) -> ModuleType
             f"{getattr(existing, '__file__', '?')}; another build of it ({package_dir}) cannot be loaded "
             f"next to it (its torch ops are registered once per process). Restart the process to switch."
         )
-    if existing is not None:  # another package under this name: drop it and its submodules
+    if existing is not None and placeholder is None:  # another package under this name: drop it and its submodules
         _drop(module_name)
     spec = importlib.util.spec_from_file_location(module_name, init, submodule_search_locations=[str(package_dir)])
     if spec is None or spec.loader is None:  # pragma: no cover - only for a missing file
         raise KernelImportError(f"{what}: cannot import {init} (missing __init__.py?).")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
+    if placeholder is not None:  # the package is made in it, in place (the import system returns it)
+        module = placeholder
+        spec._initializing = True  # set first: other threads read it to wait for this import (as importlib does)
+        module.__spec__, module.__loader__, module.__package__ = spec, spec.loader, module_name
+        module.__path__, module.__file__, module.__cached__ = spec.submodule_search_locations, spec.origin, spec.cached
+    else:
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
     except BaseException as exc:
@@ -64,6 +93,9 @@ def import_package(module_name: str, package_dir: Path, what: str) -> ModuleType
         if isinstance(exc, Exception):
             raise KernelImportError(f"{what}: the kernel's package raised while importing: {exc!r}") from exc
         raise
+    finally:
+        if placeholder is not None:
+            spec._initializing = False
     _BY_PACKAGE[str(init)] = module
     return module
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -140,6 +141,36 @@ def test_threads_importing_every_spelling_get_the_one_module(tmp_path):
         cache = tmp_path / f"cache{run // 2}"  # even runs cold (a new cache), odd runs warm
         out = run_python(code, LOCAL_KERNELS=local, JITKERNELS_CACHE=cache)
         assert out.stdout.strip() == "12 1 []", f"run {run}: " + out.stdout + out.stderr[-2000:]
+
+
+def test_threads_loading_one_kernel_under_two_aliases_get_the_one_module_imported(tmp_path):
+    # jitkernels.load(..., alias=...) from two threads at once, cold then warm (a prepared kernel is
+    # imported without the pipeline's lock). Before: on the warm path the second thread got the
+    # package half-imported (its function missing), or a second copy ("alias ... is already a
+    # different module"). A slow __init__ makes the overlap certain.
+    kernel = tmp_path / "rms-norm"
+    shutil.copytree(EXAMPLES / "rms-norm", kernel)
+    init = kernel / "torch-ext" / "rms_norm" / "__init__.py"
+    init.write_text("import time\ntime.sleep(0.5)\n" + init.read_text())
+    code = """
+        import threading, jitkernels
+        barrier = threading.Barrier(2)
+        got, errors = [], []
+        def work(alias):
+            barrier.wait()
+            try:
+                module = jitkernels.load("hf", "kernels-community/rms-norm", backend="cpu", alias=alias)
+                got.append((module, hasattr(module, "rms_norm")))
+            except Exception as exc:
+                errors.append(repr(exc))
+        threads = [threading.Thread(target=work, args=(a,)) for a in ("rms_a", "rms_b")]
+        [t.start() for t in threads]; [t.join() for t in threads]
+        import rms_a, rms_b
+        print(len({id(m) for m, _ in got} | {id(rms_a), id(rms_b)}), all(ok for _, ok in got), errors)
+    """
+    for run in ("cold", "warm"):
+        out = run_python(code, LOCAL_KERNELS=f"kernels-community/rms-norm={kernel}")
+        assert out.stdout.strip() == "1 True []", f"{run}: " + out.stdout + out.stderr[-2000:]
 
 
 def test_sweep_keeps_a_staging_folder_whose_owner_lives_in_another_pid_namespace():

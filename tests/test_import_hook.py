@@ -21,7 +21,7 @@ import jitkernels.hub
 from jitkernels.errors import JitKernelsError
 from jitkernels.hub import HubFinder, KernelModuleNotFoundError
 
-from conftest import EXAMPLES, run_python, tree
+from conftest import EXAMPLES, run_python, tree, wait_for
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 RMS = "jitkernels.hub.hf.jitkernels_examples__rms_norm"
@@ -254,6 +254,35 @@ def test_concurrent_imports_give_one_module(online):
         t.join()
     assert not errors
     assert len({id(m) for m in results}) == 1
+
+
+def test_submodule_imported_while_another_thread_imports_the_kernel(online):
+    # One thread imports the kernel and is still fetching it (a stalled download) when another imports
+    # a submodule. Before: the second got "'...' is not a package", or importlib's _DeadlockError
+    # (the first thread's kernel lock vs the second's submodule lock, taken in the opposite order).
+    online.stall.add("torch-ext/rms_norm/functional.py")
+    got, errors = {}, []
+
+    def work(name):
+        try:
+            got[name] = importlib.import_module(name)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append("".join(traceback.format_exception(exc)))
+
+    first = threading.Thread(target=work, args=(RMS,))
+    second = threading.Thread(target=work, args=(RMS + ".layers",))
+    first.start()
+    try:
+        assert wait_for(lambda: RMS in sys.modules, 60), "the import never started"
+        second.start()
+        second.join(0.5)  # it waits for the first (its error came at once)
+    finally:
+        online.stall.clear()
+    first.join(120)
+    second.join(120)
+    assert errors == [], errors[0]
+    assert got[RMS + ".layers"] is got[RMS].layers and got[RMS].__name__ == RMS
+    assert got[RMS].layers.RMSNorm.__module__ == RMS + ".layers"
 
 
 # -- pinning ----------------------------------------------------------------------------------

@@ -92,8 +92,10 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import os
 import sys
 import threading
+import time
 from types import ModuleType
 
 from ..errors import JitKernelsError
@@ -214,6 +216,46 @@ class _AliasLoader(importlib.abc.Loader):
         sys.modules[module.__spec__.name] = real  # the import system returns what sys.modules holds
 
 
+class _AfterParentLoader(importlib.abc.Loader):
+    """``<kernel>.<sub>`` while another thread's import of ``<kernel>`` is still finding it (resolving,
+    building): wait until that import has located the package (or ended), then load ``<sub>`` as the
+    import system does for a package being initialised. The wait holds only ``<kernel>.<sub>``'s
+    module lock, which the kernel's import takes only once located (its ``__init__`` importing
+    ``<sub>``); waiting for ``<kernel>``'s module lock instead would be importlib's ``_DeadlockError``.
+    """
+
+    def __init__(self, parent: ModuleType, parent_spec):
+        self.parent, self.parent_spec = parent, parent_spec
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module: ModuleType) -> None:
+        fullname = module.__spec__.name
+        parent_name, _, child = fullname.rpartition(".")
+        delay = 0.001
+        while (getattr(self.parent, "__file__", None) is None and getattr(self.parent_spec, "_initializing", False)
+               and sys.modules.get(parent_name) is self.parent):
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        parent = sys.modules.get(parent_name)
+        if parent is None or getattr(parent, "__file__", None) is None:  # its import failed (in its own thread)
+            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
+        if parent.__name__ != parent_name:  # the kernel is a module imported under another name
+            sys.modules[fullname] = importlib.import_module(f"{parent.__name__}.{child}")
+            return
+        spec = importlib.machinery.PathFinder.find_spec(fullname, parent.__path__)
+        if spec is None:
+            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
+        loaded = importlib.util.module_from_spec(spec)
+        spec._initializing = True  # before sys.modules, as the import system does: other threads wait for it
+        sys.modules[fullname] = loaded  # what the import statement returns
+        try:
+            spec.loader.exec_module(loaded)
+        finally:
+            spec._initializing = False
+
+
 _ERRORS_AS_NOT_FOUND = None
 
 
@@ -282,7 +324,7 @@ class _KernelLoader(importlib.abc.Loader):
         # On reload, set the package's submodules aside: if the pin now gives another commit, the new
         # package must import its own submodules, not find the old ones in sys.modules.
         prefix = fullname + "."
-        aside = {n: sys.modules.pop(n) for n in [n for n in sys.modules if n.startswith(prefix)]} if reloading else {}
+        aside = {n: sys.modules.pop(n) for n in [n for n in list(sys.modules) if n.startswith(prefix)]} if reloading else {}
         try:
             loaded = self._load(fullname)
         except BaseException:
@@ -292,8 +334,8 @@ class _KernelLoader(importlib.abc.Loader):
             sys.modules.update(aside)  # same package: a normal reload keeps its submodules
         if loaded is module and reloading:
             # importlib.reload of an unchanged kernel: run its package code again, as for any package.
-            spec = importlib.util.spec_from_file_location(
-                loaded.__name__, module.__file__, submodule_search_locations=list(module.__path__))
+            spec = importlib.util.spec_from_file_location(  # (importlib.reload set __path__ from our spec: [])
+                loaded.__name__, module.__file__, submodule_search_locations=[os.path.dirname(module.__file__)])
             # importlib set __spec__/__loader__/__package__ from our spec: back to the package's own
             module.__spec__, module.__loader__ = spec, spec.loader
             module.__package__ = spec.name
@@ -334,11 +376,20 @@ class HubFinder:
         if len(parts) == 2:
             if not parts[1].isidentifier() or parts[1].startswith("_"):
                 return None
-            return importlib.machinery.ModuleSpec(fullname, _KernelLoader(provider, parts[1]))
+            # A package from the start: another thread importing a submodule meanwhile finds a package
+            # (whose submodules are served below), never "not a package".
+            return importlib.machinery.ModuleSpec(fullname, _KernelLoader(provider, parts[1]), is_package=True)
         # A submodule: the normal path finder handles it through the parent's __path__, unless the
-        # parent is an alias of a kernel imported under another name (never execute a file twice).
+        # parent is an alias of a kernel imported under another name (never execute a file twice),
+        # or is still being found by another thread's import (its __path__ is not known yet).
         parent = sys.modules.get(fullname.rpartition(".")[0])
         real_parent = getattr(parent, "__name__", None)
+        pending = getattr(parent, "__spec__", None)
+        if (len(parts) == 3 and real_parent == fullname.rpartition(".")[0] and getattr(parent, "__file__", None) is None
+                and getattr(pending, "_initializing", False)
+                and (isinstance(pending.loader, _KernelLoader)
+                     or getattr(pending.loader, "__qualname__", None) == "_HubBootstrap")):
+            return importlib.machinery.ModuleSpec(fullname, _AfterParentLoader(parent, pending))
         if parent is None or real_parent == fullname.rpartition(".")[0]:
             return None
         return importlib.machinery.ModuleSpec(
