@@ -78,7 +78,13 @@ def _import_package(module_name: str, package_dir: Path, init: Path, what: str) 
         module = placeholder
         spec._initializing = True  # set first: other threads read it to wait for this import (as importlib does)
         module.__spec__, module.__loader__, module.__package__ = spec, spec.loader, module_name
-        module.__path__, module.__file__, module.__cached__ = spec.submodule_search_locations, spec.origin, spec.cached
+        # __path__ filled in place: a thread importing a submodule may hold the list it read before (empty);
+        # __file__ last: a finder that sees it set (the package located) must also see the path.
+        if isinstance(getattr(module, "__path__", None), list):
+            module.__path__[:] = spec.submodule_search_locations
+        else:
+            module.__path__ = spec.submodule_search_locations
+        module.__cached__, module.__file__ = spec.cached, spec.origin
     else:
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
@@ -88,7 +94,8 @@ def _import_package(module_name: str, package_dir: Path, init: Path, what: str) 
         _drop(module_name)
         if isinstance(exc, ImportError):
             missing = getattr(exc, "name", None)
-            hint = f" The kernel needs the Python package {missing!r}: pip install it." if missing else ""
+            outside = missing and missing != module_name and not missing.startswith(module_name + ".")
+            hint = f" The kernel needs the Python package {missing!r}: pip install it." if outside else ""
             raise KernelImportError(f"{what}: importing the kernel's package failed: {exc}.{hint}") from exc
         if isinstance(exc, Exception):
             raise KernelImportError(f"{what}: the kernel's package raised while importing: {exc!r}") from exc

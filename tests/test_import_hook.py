@@ -18,7 +18,7 @@ import torch
 
 import jitkernels
 import jitkernels.hub
-from jitkernels.errors import JitKernelsError
+from jitkernels.errors import JitKernelsError, OfflineError
 from jitkernels.hub import HubFinder, KernelModuleNotFoundError
 
 from conftest import EXAMPLES, run_python, tree, wait_for
@@ -256,10 +256,13 @@ def test_concurrent_imports_give_one_module(online):
     assert len({id(m) for m in results}) == 1
 
 
-def test_submodule_imported_while_another_thread_imports_the_kernel(online):
+@pytest.mark.parametrize("submodule", ["layers", "functional"])
+def test_submodule_imported_while_another_thread_imports_the_kernel(online, submodule):
     # One thread imports the kernel and is still fetching it (a stalled download) when another imports
     # a submodule. Before: the second got "'...' is not a package", or importlib's _DeadlockError
     # (the first thread's kernel lock vs the second's submodule lock, taken in the opposite order).
+    # The kernel's __init__ does `from . import layers` and `from .functional import rms_norm`: the
+    # second form takes the very module object the waiting import made (it was once left empty).
     online.stall.add("torch-ext/rms_norm/functional.py")
     got, errors = {}, []
 
@@ -270,7 +273,7 @@ def test_submodule_imported_while_another_thread_imports_the_kernel(online):
             errors.append("".join(traceback.format_exception(exc)))
 
     first = threading.Thread(target=work, args=(RMS,))
-    second = threading.Thread(target=work, args=(RMS + ".layers",))
+    second = threading.Thread(target=work, args=(f"{RMS}.{submodule}",))
     first.start()
     try:
         assert wait_for(lambda: RMS in sys.modules, 60), "the import never started"
@@ -281,8 +284,50 @@ def test_submodule_imported_while_another_thread_imports_the_kernel(online):
     first.join(120)
     second.join(120)
     assert errors == [], errors[0]
-    assert got[RMS + ".layers"] is got[RMS].layers and got[RMS].__name__ == RMS
+    assert got[f"{RMS}.{submodule}"] is getattr(got[RMS], submodule) and got[RMS].__name__ == RMS
     assert got[RMS].layers.RMSNorm.__module__ == RMS + ".layers"
+    assert got[RMS].rms_norm.__module__ == RMS + ".functional"
+
+
+@pytest.mark.parametrize("error", [ConnectionError("the Hub went away"), OfflineError("offline, nothing cached")],
+                         ids=["network-error", "offline"])
+def test_a_submodule_import_waiting_for_a_kernel_whose_import_fails_gets_that_error(online, monkeypatch, error):
+    # The waiting thread gets what the kernel's own import raised: a network error stays one (as without
+    # threads), a missing kernel is the project's KernelModuleNotFoundError with its reason. Before: a bare
+    # ModuleNotFoundError, which `except ImportError` takes for "kernel not installed".
+    release = threading.Event()
+
+    def fetch_then_fail(*args, **kwargs):
+        release.wait(60)
+        raise error
+
+    monkeypatch.setattr(jitkernels.hub, "_warm", fetch_then_fail)
+    got = {}
+
+    def work(name):
+        try:
+            importlib.import_module(name)
+        except BaseException as exc:
+            got[name] = exc
+
+    threads = [threading.Thread(target=work, args=(name,)) for name in (RMS, RMS + ".layers")]
+    threads[0].start()
+    try:
+        assert wait_for(lambda: RMS in sys.modules, 60), "the import never started"
+        threads[1].start()
+        assert wait_for(lambda: RMS + ".layers" in sys.modules, 60), "the submodule import never started"
+    finally:
+        release.set()
+    for t in threads:
+        t.join(60)
+    kernel, waiter = got[RMS], got[RMS + ".layers"]
+    if isinstance(error, ConnectionError):
+        assert kernel is error and waiter is error
+    else:
+        assert isinstance(kernel, KernelModuleNotFoundError) and kernel.reason == "offline"
+        assert isinstance(waiter, KernelModuleNotFoundError) and waiter.reason == "offline"
+        assert waiter.name == RMS + ".layers" and "offline, nothing cached" in str(waiter)
+    assert RMS not in sys.modules and RMS + ".layers" not in sys.modules
 
 
 # -- pinning ----------------------------------------------------------------------------------

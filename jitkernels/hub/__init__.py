@@ -96,6 +96,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from types import ModuleType
 
 from ..errors import JitKernelsError
@@ -123,7 +124,8 @@ class KernelModuleNotFoundError(ModuleNotFoundError, JitKernelsError):
     """``jitkernels.hub.<alias>.<kernel>`` cannot be imported: the kernel is missing or unsupported.
 
     ``reason`` is the inspection's reason (``missing-source``, ``no-backend``...)
-    or one of ``not-found``, ``revision-not-found``, ``offline``, ``invalid-name``;
+    or one of ``not-found``, ``revision-not-found``, ``offline``, ``invalid-name``, or ``interrupted``
+    (a submodule import that waited for its kernel's import in another thread, which was interrupted);
     ``inspection`` is the full :class:`~jitkernels.plan.inspection.Inspection` when one was made.
     """
 
@@ -216,6 +218,17 @@ class _AliasLoader(importlib.abc.Loader):
         sys.modules[module.__spec__.name] = real  # the import system returns what sys.modules holds
 
 
+#: a kernel's module whose import failed -> its error, for the threads that waited for it (_AfterParentLoader)
+_FAILED_IMPORTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _being_found(module) -> bool:
+    """A kernel's module whose import (``_KernelLoader``, or the bootstrap's) has not located its package yet."""
+    spec = getattr(module, "__spec__", None)
+    return (module is not None and getattr(module, "__file__", None) is None and getattr(spec, "_initializing", False)
+            and (isinstance(spec.loader, _KernelLoader) or getattr(spec.loader, "__qualname__", None) == "_HubBootstrap"))
+
+
 class _AfterParentLoader(importlib.abc.Loader):
     """``<kernel>.<sub>`` while another thread's import of ``<kernel>`` is still finding it (resolving,
     building): wait until that import has located the package (or ended), then load ``<sub>`` as the
@@ -224,8 +237,8 @@ class _AfterParentLoader(importlib.abc.Loader):
     ``<sub>``); waiting for ``<kernel>``'s module lock instead would be importlib's ``_DeadlockError``.
     """
 
-    def __init__(self, parent: ModuleType, parent_spec):
-        self.parent, self.parent_spec = parent, parent_spec
+    def __init__(self, parent: ModuleType):
+        self.parent = parent
 
     def create_module(self, spec):
         return None
@@ -233,27 +246,51 @@ class _AfterParentLoader(importlib.abc.Loader):
     def exec_module(self, module: ModuleType) -> None:
         fullname = module.__spec__.name
         parent_name, _, child = fullname.rpartition(".")
-        delay = 0.001
-        while (getattr(self.parent, "__file__", None) is None and getattr(self.parent_spec, "_initializing", False)
-               and sys.modules.get(parent_name) is self.parent):
+        parent, delay = self.parent, 0.001
+        while True:  # another thread's retry puts a new module there: wait for that one too
+            current = sys.modules.get(parent_name)
+            if current is not None and getattr(current, "__file__", None) is not None:
+                parent = current
+                break
+            if not _being_found(current):
+                raise self._failed(fullname, parent)
+            parent = current
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
-        parent = sys.modules.get(parent_name)
-        if parent is None or getattr(parent, "__file__", None) is None:  # its import failed (in its own thread)
-            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
         if parent.__name__ != parent_name:  # the kernel is a module imported under another name
             sys.modules[fullname] = importlib.import_module(f"{parent.__name__}.{child}")
             return
-        spec = importlib.machinery.PathFinder.find_spec(fullname, parent.__path__)
-        if spec is None:
+        found = importlib.machinery.PathFinder.find_spec(fullname, parent.__path__)
+        if found is None:
             raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
-        loaded = importlib.util.module_from_spec(spec)
-        spec._initializing = True  # before sys.modules, as the import system does: other threads wait for it
-        sys.modules[fullname] = loaded  # what the import statement returns
+        # Made in ``module`` itself, which the import system already put in sys.modules: the kernel's own
+        # ``from .<sub> import x``, in the other thread, waits for it and then reads that very object.
+        found._initializing = True  # set first: other threads read it to wait for this import (as importlib does)
+        module.__spec__, module.__loader__ = found, found.loader
+        module.__package__ = fullname if found.submodule_search_locations is not None else parent_name
+        if found.submodule_search_locations is not None:
+            module.__path__ = found.submodule_search_locations
+        module.__cached__, module.__file__ = found.cached, found.origin
         try:
-            spec.loader.exec_module(loaded)
+            found.loader.exec_module(module)
         finally:
-            spec._initializing = False
+            found._initializing = False
+
+    @staticmethod
+    def _failed(fullname: str, parent: ModuleType) -> BaseException:
+        """The error for ``<kernel>.<sub>`` when the kernel's import, in another thread, failed."""
+        error = _FAILED_IMPORTS.get(parent)
+        if isinstance(error, Exception) and not isinstance(error, KernelModuleNotFoundError):
+            return error  # the same error the kernel's import raised (a network error stays one)
+        loader = getattr(getattr(parent, "__spec__", None), "loader", None)
+        failure = KernelModuleNotFoundError(
+            f"No kernel module named {fullname!r}: the import of its kernel in another thread failed"
+            + (f": {error or type(error).__name__}" if error is not None else ""),
+            name=fullname, reason=getattr(error, "reason", None) or "interrupted",
+            inspection=getattr(error, "inspection", None),
+            kernel=getattr(loader, "name", None), provider=getattr(loader, "provider", None))
+        failure.__cause__ = error
+        return failure
 
 
 _ERRORS_AS_NOT_FOUND = None
@@ -327,8 +364,9 @@ class _KernelLoader(importlib.abc.Loader):
         aside = {n: sys.modules.pop(n) for n in [n for n in list(sys.modules) if n.startswith(prefix)]} if reloading else {}
         try:
             loaded = self._load(fullname)
-        except BaseException:
+        except BaseException as exc:
             sys.modules.update(aside)
+            _FAILED_IMPORTS[module] = exc  # for a thread whose submodule import waited for this one
             raise
         if loaded is module:
             sys.modules.update(aside)  # same package: a normal reload keeps its submodules
@@ -384,12 +422,8 @@ class HubFinder:
         # or is still being found by another thread's import (its __path__ is not known yet).
         parent = sys.modules.get(fullname.rpartition(".")[0])
         real_parent = getattr(parent, "__name__", None)
-        pending = getattr(parent, "__spec__", None)
-        if (len(parts) == 3 and real_parent == fullname.rpartition(".")[0] and getattr(parent, "__file__", None) is None
-                and getattr(pending, "_initializing", False)
-                and (isinstance(pending.loader, _KernelLoader)
-                     or getattr(pending.loader, "__qualname__", None) == "_HubBootstrap")):
-            return importlib.machinery.ModuleSpec(fullname, _AfterParentLoader(parent, pending))
+        if len(parts) == 3 and real_parent == fullname.rpartition(".")[0] and _being_found(parent):
+            return importlib.machinery.ModuleSpec(fullname, _AfterParentLoader(parent))
         if parent is None or real_parent == fullname.rpartition(".")[0]:
             return None
         return importlib.machinery.ModuleSpec(
