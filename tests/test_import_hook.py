@@ -289,6 +289,53 @@ def test_submodule_imported_while_another_thread_imports_the_kernel(online, subm
     assert got[RMS].rms_norm.__module__ == RMS + ".functional"
 
 
+def _waits_for_its_kernel(thread: threading.Thread) -> bool:
+    """Whether ``thread`` is in the hub's wait for a kernel another thread is still importing."""
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None:
+        if frame.f_code.co_name == "create_module" and frame.f_code.co_filename == jitkernels.hub.__file__:
+            return True
+        frame = frame.f_back
+    return False
+
+
+@pytest.mark.parametrize("submodule", ["layers", "layers.extra"])
+def test_a_package_submodule_imported_while_another_thread_imports_the_kernel(online, submodule):
+    # A kernel whose `layers` is a package (layers/__init__.py imports layers/extra.py, as kernels with
+    # sub-packages do): one thread imports the kernel (a stalled download), another `layers` or
+    # `layers.extra`. Before: "'...layers' is not a package" (the waiting module had no __path__ yet).
+    files = tree(EXAMPLES / "rms-norm")
+    layers = files.pop("torch-ext/rms_norm/layers.py").decode()
+    files["torch-ext/rms_norm/layers/__init__.py"] = b"from .extra import RMSNorm\n"
+    files["torch-ext/rms_norm/layers/extra.py"] = layers.replace("from .functional", "from ..functional").encode()
+    online.add_repo("kernels-test/rms-norm-nested", {"main": files})
+    kernel = "jitkernels.hub.hf.kernels_test__rms_norm_nested"
+    online.stall.add("torch-ext/rms_norm/functional.py")
+    got, errors = {}, []
+
+    def work(name):
+        try:
+            got[name] = importlib.import_module(name)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append("".join(traceback.format_exception(exc)))
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in (kernel, f"{kernel}.{submodule}")]
+    threads[0].start()
+    try:
+        assert wait_for(lambda: kernel in sys.modules, 60), "the import never started"
+        threads[1].start()
+        assert wait_for(lambda: _waits_for_its_kernel(threads[1]) or not threads[1].is_alive(), 60)
+    finally:
+        online.stall.clear()
+    for t in threads:
+        t.join(120)
+    assert errors == [], errors[0]
+    assert got[f"{kernel}.{submodule}"] is sys.modules[f"{kernel}.{submodule}"]
+    assert got[kernel].layers is sys.modules[kernel + ".layers"] and got[kernel].layers.extra.RMSNorm
+    assert got[kernel].layers.RMSNorm.__module__ == kernel + ".layers.extra"
+    assert got[kernel].layers.__path__ == [str(Path(got[kernel].__file__).parent / "layers")]
+
+
 @pytest.mark.parametrize("error", [ConnectionError("the Hub went away"), OfflineError("offline, nothing cached")],
                          ids=["network-error", "offline"])
 def test_a_submodule_import_waiting_for_a_kernel_whose_import_fails_gets_that_error(online, monkeypatch, error):
@@ -297,9 +344,14 @@ def test_a_submodule_import_waiting_for_a_kernel_whose_import_fails_gets_that_er
     # ModuleNotFoundError, which `except ImportError` takes for "kernel not installed".
     release = threading.Event()
 
-    def fetch_then_fail(*args, **kwargs):
-        release.wait(60)
-        raise error
+    calls = []
+
+    def fetch_then_fail(*args, **kwargs):  # the first import fails; a later one would load the kernel
+        calls.append(1)
+        if len(calls) == 1:
+            release.wait(60)
+            raise error
+        return None
 
     monkeypatch.setattr(jitkernels.hub, "_warm", fetch_then_fail)
     got = {}
@@ -315,7 +367,7 @@ def test_a_submodule_import_waiting_for_a_kernel_whose_import_fails_gets_that_er
     try:
         assert wait_for(lambda: RMS in sys.modules, 60), "the import never started"
         threads[1].start()
-        assert wait_for(lambda: RMS + ".layers" in sys.modules, 60), "the submodule import never started"
+        assert wait_for(lambda: _waits_for_its_kernel(threads[1]), 60), "the submodule import never waited"
     finally:
         release.set()
     for t in threads:

@@ -235,16 +235,20 @@ class _AfterParentLoader(importlib.abc.Loader):
     import system does for a package being initialised. The wait holds only ``<kernel>.<sub>``'s
     module lock, which the kernel's import takes only once located (its ``__init__`` importing
     ``<sub>``); waiting for ``<kernel>``'s module lock instead would be importlib's ``_DeadlockError``.
+
+    The wait is in :meth:`create_module`, before the import system puts a module in ``sys.modules``:
+    the module it puts there is then the submodule's own, made by its own loader (a package has its
+    ``__path__``, an extension module is initialised), and the kernel's ``from .<sub> import x``,
+    waiting on the same lock, reads that very object.
     """
 
     def __init__(self, parent: ModuleType):
         self.parent = parent
+        self.found = None  # the submodule's own spec, once the kernel is located
+        self.alias = None  # its name under the kernel's real name, when the kernel is a module of another name
 
     def create_module(self, spec):
-        return None
-
-    def exec_module(self, module: ModuleType) -> None:
-        fullname = module.__spec__.name
+        fullname = spec.name
         parent_name, _, child = fullname.rpartition(".")
         parent, delay = self.parent, 0.001
         while True:  # another thread's retry puts a new module there: wait for that one too
@@ -257,20 +261,21 @@ class _AfterParentLoader(importlib.abc.Loader):
             parent = current
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
-        if parent.__name__ != parent_name:  # the kernel is a module imported under another name
-            sys.modules[fullname] = importlib.import_module(f"{parent.__name__}.{child}")
-            return
-        found = importlib.machinery.PathFinder.find_spec(fullname, parent.__path__)
-        if found is None:
+        if parent.__name__ != parent_name:
+            self.alias = f"{parent.__name__}.{child}"
+            return None
+        self.found = importlib.machinery.PathFinder.find_spec(fullname, parent.__path__)
+        if self.found is None:
             raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
-        # Made in ``module`` itself, which the import system already put in sys.modules: the kernel's own
-        # ``from .<sub> import x``, in the other thread, waits for it and then reads that very object.
+        return importlib.util.module_from_spec(self.found)
+
+    def exec_module(self, module: ModuleType) -> None:
+        if self.alias is not None:  # never execute a file twice: the module under the kernel's real name
+            sys.modules[module.__spec__.name] = importlib.import_module(self.alias)
+            return
+        found = self.found
         found._initializing = True  # set first: other threads read it to wait for this import (as importlib does)
-        module.__spec__, module.__loader__ = found, found.loader
-        module.__package__ = fullname if found.submodule_search_locations is not None else parent_name
-        if found.submodule_search_locations is not None:
-            module.__path__ = found.submodule_search_locations
-        module.__cached__, module.__file__ = found.cached, found.origin
+        module.__spec__ = found  # the import system set ours; the module's own loader runs it
         try:
             found.loader.exec_module(module)
         finally:
@@ -285,8 +290,8 @@ class _AfterParentLoader(importlib.abc.Loader):
         loader = getattr(getattr(parent, "__spec__", None), "loader", None)
         failure = KernelModuleNotFoundError(
             f"No kernel module named {fullname!r}: the import of its kernel in another thread failed"
-            + (f": {error or type(error).__name__}" if error is not None else ""),
-            name=fullname, reason=getattr(error, "reason", None) or "interrupted",
+            + (f": {str(error) or type(error).__name__}" if error is not None else ""),
+            name=fullname, reason=getattr(error, "reason", None) or ("interrupted" if error is not None else None),
             inspection=getattr(error, "inspection", None),
             kernel=getattr(loader, "name", None), provider=getattr(loader, "provider", None))
         failure.__cause__ = error
