@@ -256,6 +256,16 @@ def test_concurrent_imports_give_one_module(online):
     assert len({id(m) for m in results}) == 1
 
 
+def _importer(got: dict, errors: list):
+    """A thread's target: import a name into ``got``, or put the traceback in ``errors``."""
+    def work(name):
+        try:
+            got[name] = importlib.import_module(name)
+        except BaseException as exc:  # pragma: no cover - reported by the test
+            errors.append("".join(traceback.format_exception(exc)))
+    return work
+
+
 @pytest.mark.parametrize("submodule", ["layers", "functional"])
 def test_submodule_imported_while_another_thread_imports_the_kernel(online, submodule):
     # One thread imports the kernel and is still fetching it (a stalled download) when another imports
@@ -265,12 +275,7 @@ def test_submodule_imported_while_another_thread_imports_the_kernel(online, subm
     # second form takes the very module object the waiting import made (it was once left empty).
     online.stall.add("torch-ext/rms_norm/functional.py")
     got, errors = {}, []
-
-    def work(name):
-        try:
-            got[name] = importlib.import_module(name)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append("".join(traceback.format_exception(exc)))
+    work = _importer(got, errors)
 
     first = threading.Thread(target=work, args=(RMS,))
     second = threading.Thread(target=work, args=(f"{RMS}.{submodule}",))
@@ -312,12 +317,7 @@ def test_a_package_submodule_imported_while_another_thread_imports_the_kernel(on
     kernel = "jitkernels.hub.hf.kernels_test__rms_norm_nested"
     online.stall.add("torch-ext/rms_norm/functional.py")
     got, errors = {}, []
-
-    def work(name):
-        try:
-            got[name] = importlib.import_module(name)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append("".join(traceback.format_exception(exc)))
+    work = _importer(got, errors)
 
     threads = [threading.Thread(target=work, args=(n,)) for n in (kernel, f"{kernel}.{submodule}")]
     threads[0].start()
